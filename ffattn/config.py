@@ -1,0 +1,182 @@
+"""Every setting of a run in one flat dataclass, the presets, validation and the cache key.
+
+One flat `Config` keeps overrides simple: the same field name works as a keyword
+(`get_config(d_model=128)`), a CLI flag (`--d-model 128`) and a papermill parameter.
+Each field belongs to a group (data, model, train, decode, distill); the teacher's cache
+key hashes the data, model and train groups, so changing a decoding or distillation setting
+never retrains the teacher, and changing anything the teacher depends on never loads an
+old one.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+PAIRS = ("de-en", "en-de", "fr-en", "en-fr")
+CORPORA = ("multi30k", "iwslt2017")
+PRESETS = ("tiny", "small", "paper")
+SCHEMES = ("ALR", "ALRR", "ASLR", "ELR")
+SIZES = ("XS", "S", "M", "L", "XL")
+
+# Bump when a change in the code makes old artifacts wrong: it is part of every cache key.
+ARTIFACT_VERSION = 1
+
+
+def _f(default, group, help):
+    return field(default=default, metadata={"group": group, "help": help})
+
+
+@dataclass(frozen=True)
+class Config:
+    """All settings of one run. Build it with `get_config`, not by hand."""
+
+    preset: str = _f("tiny", "run", "name of the preset this config started from")
+    # data
+    corpus: str = _f("multi30k", "data", "parallel corpus: multi30k or iwslt2017")
+    pair: str = _f("de-en", "data", "translation direction src-tgt")
+    vocab_size: int = _f(5000, "data", "SentencePiece vocabulary per language")
+    max_len: int = _f(50, "data", "MAX_LEN: longest training sentence in tokens; FF input width")
+    batch_tokens: int = _f(1500, "data", "tokens per batch: batch x max(src, tgt+2) <= this")
+    train_limit: int = _f(0, "data", "use only the first N training pairs (0: all)")
+    # model
+    d_model: int = _f(64, "model", "width of the residual stream")
+    n_heads: int = _f(4, "model", "attention heads")
+    d_ff: int = _f(256, "model", "inner width of the position-wise feed-forward sublayer")
+    n_enc: int = _f(2, "model", "encoder layers")
+    n_dec: int = _f(2, "model", "decoder layers")
+    dropout: float = _f(0.1, "model", "dropout on embeddings, sublayers, attention, FF hidden")
+    # train
+    epochs: int = _f(5, "train", "teacher training epochs")
+    warmup: int = _f(400, "train", "warmup steps of the inverse-square-root schedule")
+    lr_factor: float = _f(2.0, "train", "scale of the schedule d^-0.5 * min(s^-0.5, s*w^-1.5)")
+    label_smoothing: float = _f(0.1, "train", "label smoothing of the cross-entropy")
+    seed: int = _f(0, "train", "seed of weights, dropout and batch order")
+    # decode (evaluation only: not part of the teacher's key)
+    beam: int = _f(1, "decode", "beam size (1: greedy, as the paper)")
+    length_penalty: float = _f(0.6, "decode", "GNMT length penalty alpha for beam search")
+    valid_bleu_sentences: int = _f(200, "decode", "validation sentences decoded per epoch for BLEU")
+    # distill
+    distill_epochs: int = _f(10, "distill", "epochs of each replacement network")
+    distill_batch: int = _f(256, "distill", "sentences per distillation batch")
+    distill_sentences: int = _f(0, "distill", "training sentences recorded from the teacher (0: all)")
+    lr_alr: float = _f(1e-4, "distill", "constant learning rate of ALR students (paper)")
+    lr_other: float = _f(1e-3, "distill", "constant learning rate of ALRR, ASLR, ELR (paper)")
+
+    def __post_init__(self):
+        _check_choice("preset", self.preset, PRESETS)
+        _check_choice("corpus", self.corpus, CORPORA)
+        _check_choice("pair", self.pair, PAIRS)
+        if self.d_model % self.n_heads:
+            raise ValueError(f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}")
+        for name in ("vocab_size", "max_len", "batch_tokens", "d_model", "n_heads", "d_ff",
+                     "epochs", "beam", "distill_batch"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)} must be a positive number")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout={self.dropout} must lie in [0, 1)")
+
+    @property
+    def src(self) -> str:
+        return self.pair.split("-")[0]
+
+    @property
+    def tgt(self) -> str:
+        return self.pair.split("-")[1]
+
+    def group(self, *groups: str) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.metadata["group"] in groups}
+
+    def teacher_key(self) -> str:
+        """Stable hash of everything the tokenizers and the teacher depend on."""
+        return _hash({"v": ARTIFACT_VERSION, **self.group("data", "model", "train")})
+
+    def distill_key(self) -> str:
+        """Stable hash of the distillation settings (combined with the teacher's folder)."""
+        return _hash({"v": ARTIFACT_VERSION, **self.group("distill")})
+
+    def run_dir(self) -> Path:
+        """runs/<corpus>-<pair>-<preset>-<hash>: the teacher's folder for this config."""
+        return runs_root() / f"{self.corpus}-{self.pair}-{self.preset}-{self.teacher_key()}"
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def replace(self, **overrides) -> "Config":
+        _check_fields(overrides)
+        return dataclasses.replace(self, **overrides)
+
+
+PRESET_VALUES = {
+    # CI and workshops: minutes on 2 CPU cores.
+    "tiny": dict(),
+    # The CPU edition of the book: under an hour on 2 cores.
+    "small": dict(vocab_size=8000, d_model=128, n_heads=8, d_ff=512, n_enc=3, n_dec=3,
+                  epochs=12, warmup=800, lr_factor=2.0, distill_epochs=20,
+                  valid_bleu_sentences=300),
+    # The paper's teacher: 6+6 layers, d_model 128, 8 heads, FF 512, MAX_LEN 50, 20 epochs.
+    "paper": dict(corpus="iwslt2017", vocab_size=16000, d_model=128, n_heads=8, d_ff=512,
+                  n_enc=6, n_dec=6, epochs=20, warmup=4000, lr_factor=1.0, distill_epochs=30,
+                  distill_batch=2000, valid_bleu_sentences=888),
+}
+
+
+def get_config(preset: str | None = None, **overrides) -> Config:
+    """The preset's config with any field overridden; None values mean 'keep the preset's'.
+
+    >>> get_config("tiny", pair="fr-en", epochs=1).epochs
+    1
+    """
+    preset = preset or os.environ.get("FFATTN_PRESET", "tiny")
+    _check_choice("preset", preset, PRESETS)
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    _check_fields(overrides)
+    values = {**PRESET_VALUES[preset], **overrides, "preset": preset}
+    typed = {}
+    for f in fields(Config):
+        if f.name in values:
+            typed[f.name] = _coerce(f, values[f.name])
+    return Config(**typed)
+
+
+def field_help() -> dict[str, str]:
+    return {f.name: f.metadata["help"] for f in fields(Config)}
+
+
+def runs_root() -> Path:
+    """Where run folders live: $FFATTN_RUNS, else ~/.cache/ffattn/runs."""
+    root = os.environ.get("FFATTN_RUNS")
+    return Path(root).expanduser() if root else Path.home() / ".cache" / "ffattn" / "runs"
+
+
+def _coerce(f, value):
+    kind = type(f.default)
+    if isinstance(value, str) and kind is not str:
+        try:
+            return kind(float(value)) if kind is int else kind(value)
+        except ValueError:
+            raise ValueError(f"{f.name}={value!r} is not a valid {kind.__name__}") from None
+    if kind is float and isinstance(value, int):
+        return float(value)
+    if kind is int and isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+def _check_fields(overrides: dict) -> None:
+    names = {f.name for f in fields(Config)}
+    bad = sorted(set(overrides) - names)
+    if bad:
+        raise ValueError(f"unknown setting(s) {bad}; valid settings: {sorted(names)}")
+
+
+def _check_choice(what: str, value, choices) -> None:
+    if value not in choices:
+        raise ValueError(f"unknown {what} {value!r}; choose one of: {', '.join(choices)}")
+
+
+def _hash(d: dict) -> str:
+    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10]

@@ -1,0 +1,151 @@
+"""Training the teacher: the paper's recipe, one atomic checkpoint per epoch, resume.
+
+Label smoothing 0.1, Adam(0.9, 0.98, eps 1e-9), lr = factor * d^-0.5 * min(s^-0.5, s * w^-1.5),
+token-bucketed batches. A run interrupted at any point restarts from its last finished epoch
+and ends with the same weights as an uninterrupted one (CPU, same seed).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from .decode import greedy, pad_batch
+from .evaluate import score, write_atomic
+from .model import PAD, Transformer
+
+
+def lr_at(step: int, d_model: int, warmup: int, factor: float) -> float:
+    """The inverse-square-root schedule of Vaswani et al.: linear warmup, then step^-0.5."""
+    step = max(step, 1)
+    return factor * d_model ** -0.5 * min(step ** -0.5, step * warmup ** -1.5)
+
+
+def batch_loss(model, src, tgt, label_smoothing: float = 0.0):
+    """Summed token cross-entropy of a teacher-forced batch and its number of target tokens."""
+    logp = model(src, tgt[:, :-1])
+    gold = tgt[:, 1:]
+    loss = F.nll_loss(logp.flatten(0, 1), gold.flatten(), ignore_index=PAD, reduction="sum")
+    if label_smoothing:  # (1 - eps) * NLL + eps * mean over the vocabulary of -log p
+        smooth = -logp.mean(-1).masked_fill(gold == PAD, 0.0).sum()
+        loss = (1 - label_smoothing) * loss + label_smoothing * smooth
+    return loss, int((gold != PAD).sum())
+
+
+@torch.no_grad()
+def validation_loss(model, batches) -> float:
+    """Mean token cross-entropy (no label smoothing) over the given batches."""
+    model.eval()
+    total, n = 0.0, 0
+    for src, tgt in batches:
+        loss, k = batch_loss(model, src, tgt)
+        total, n = total + loss.item(), n + k
+    return total / max(n, 1)
+
+
+def save_atomic(obj, path: Path) -> None:
+    """torch.save to a temporary file, then rename: an interrupted save leaves the old file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def load_checkpoint(path: Path) -> dict:
+    """torch.load with weights_only=True; a clear error for a damaged file."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated zip, wrong format, ...
+        raise RuntimeError(f"checkpoint {path} is damaged or not a checkpoint ({e.__class__.__name__}: "
+                           f"{e}); delete it to retrain") from e
+
+
+def train_teacher(cfg, data, run_dir: Path, progress: bool = True, stop_after_epoch: int | None = None):
+    """Train (or resume training) the teacher of `cfg` on `data`; returns (model, history).
+
+    `run_dir/teacher.pt` is rewritten after every epoch with the model, the optimiser, the
+    random state and the history, so an interrupted run resumes where it stopped.
+    `stop_after_epoch` ends early on purpose (the resume test uses it).
+    """
+    run_dir = Path(run_dir)
+    path = run_dir / "teacher.pt"
+    torch.manual_seed(cfg.seed)
+    model = Transformer.from_config(cfg, data.tokenizers.src_vocab, data.tokenizers.tgt_vocab)
+    opt = torch.optim.Adam(model.parameters(), lr=0.0, betas=(0.9, 0.98), eps=1e-9)
+    history, step, start = [], 0, 0
+    if path.exists():
+        ck = load_checkpoint(path)
+        check_config(ck, cfg, path)
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["optimizer"])
+        torch.set_rng_state(ck["rng"])
+        history, step, start = ck["history"], ck["step"], ck["epoch"]
+    valid = list(data.batches("valid", shuffle=False))
+    for epoch in range(start, cfg.epochs):
+        model.train()
+        t0, total, ntok = time.time(), 0.0, 0
+        batches = data.batches("train", shuffle=True, seed=cfg.seed, epoch=epoch)
+        bar = tqdm(batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress, leave=False)
+        for src, tgt in bar:
+            step += 1
+            for g in opt.param_groups:
+                g["lr"] = lr_at(step, cfg.d_model, cfg.warmup, cfg.lr_factor)
+            loss, k = batch_loss(model, src, tgt, cfg.label_smoothing)
+            opt.zero_grad(set_to_none=True)
+            (loss / k).backward()
+            opt.step()
+            total, ntok = total + loss.item(), ntok + k
+            bar.set_postfix(loss=f"{total / ntok:.3f}")
+        row = {"epoch": epoch + 1, "step": step, "train_loss": total / ntok,
+               "valid_loss": validation_loss(model, valid), "seconds": time.time() - t0,
+               "tokens": ntok}
+        row["valid_ppl"] = math.exp(row["valid_loss"])
+        row["valid_bleu"] = valid_bleu(model, data, cfg.valid_bleu_sentences)
+        history.append(row)
+        if progress:
+            print(f"epoch {epoch + 1:>2}: train loss {row['train_loss']:.3f}  valid loss "
+                  f"{row['valid_loss']:.3f}  valid BLEU {row['valid_bleu']:.1f}  "
+                  f"({row['seconds']:.0f} s)", flush=True)
+        save_atomic({"config": cfg.to_dict(), "teacher_key": cfg.teacher_key(), "epoch": epoch + 1,
+                     "step": step, "model": model.state_dict(), "optimizer": opt.state_dict(),
+                     "rng": torch.get_rng_state(), "history": history}, path)
+        write_atomic(run_dir / "history.json", json.dumps(history, indent=1))
+        if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch:
+            break
+    model.eval()
+    return model, history
+
+
+def valid_bleu(model, data, n: int) -> float:
+    """Greedy BLEU on the first n validation sentences: a cheap learning signal per epoch."""
+    src_ids = data.ids["valid"][0][:n]
+    refs = data.text["valid"][1][:n]
+    hyps = []
+    for i in range(0, len(src_ids), 100):
+        hyps += greedy(model, pad_batch(src_ids[i:i + 100]))
+    return score(data.tokenizers.decode_tgt(hyps), refs)["bleu"]
+
+
+def check_config(ck: dict, cfg, path) -> None:
+    """Refuse a checkpoint made under another config, naming the fields that differ."""
+    if ck.get("teacher_key") == cfg.teacher_key():
+        return
+    mine = cfg.group("data", "model", "train")
+    theirs = ck.get("config", {})
+    diff = sorted(k for k in mine if theirs.get(k) != mine[k])
+    raise ValueError(f"checkpoint {path} was made under another config (differs in "
+                     f"{', '.join(f'{k}: {theirs.get(k)!r} != {mine[k]!r}' for k in diff) or 'version'}); "
+                     f"it will not be loaded")
