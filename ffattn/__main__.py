@@ -1,0 +1,93 @@
+"""The command line: a thin layer over the functions the chapters call.
+
+    python -m ffattn teacher   --preset tiny --pair de-en
+    python -m ffattn evaluate  --preset tiny --split test --beam 4
+    python -m ffattn translate --preset tiny "Ein Hund rennt." "Zwei Männer lachen."
+    echo "Ein Hund rennt." | python -m ffattn translate --preset tiny
+
+Every config field is also a flag: --d-model 128, --epochs 3, --max-len 40, ...
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import fields
+
+from .config import PRESETS, Config, field_help, get_config
+
+
+def _add_config_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--preset", choices=PRESETS, default=None,
+                   help="tiny (CI, workshops), small (CPU book), paper (GPU); default $FFATTN_PRESET or tiny")
+    helps = field_help()
+    for f in fields(Config):
+        if f.name == "preset":
+            continue
+        kind = type(f.default)
+        p.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=kind, default=None,
+                       help=f"{helps[f.name]} (preset value if omitted)")
+
+
+def _config(args) -> Config:
+    overrides = {f.name: getattr(args, f.name, None) for f in fields(Config) if f.name != "preset"}
+    return get_config(args.preset, **overrides)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m ffattn", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    commands = {
+        "teacher": "train the teacher of a config (or load it) and print its history",
+        "evaluate": "sacreBLEU and chrF of the teacher on a whole split",
+        "translate": "translate sentences given as arguments or on stdin",
+    }
+    extra = _extra_commands()
+    commands.update({k: v[0] for k, v in extra.items()})
+    subs = {}
+    for name, help in commands.items():
+        subs[name] = sp = sub.add_parser(name, help=help, description=help)
+        _add_config_flags(sp)
+    subs["evaluate"].add_argument("--split", default="test", help="split to score (default test)")
+    subs["translate"].add_argument("sentences", nargs="*", help="source sentences (default: stdin)")
+    for name, (_, add_args, _) in extra.items():
+        add_args(subs[name])
+    args = parser.parse_args(argv)
+    try:
+        cfg = _config(args)
+    except ValueError as e:
+        parser.error(str(e))
+
+    from . import experiments
+    if args.command in extra:
+        return extra[args.command][2](cfg, args) or 0
+    t = experiments.teacher(cfg)
+    if args.command == "teacher":
+        print(f"teacher: {t.run_dir}")
+        for row in t.history:
+            print(json.dumps(row))
+    elif args.command == "evaluate":
+        m = experiments.teacher_metrics(t, args.split, cfg.beam)
+        m.pop("hypotheses")
+        print(json.dumps(m, indent=1))
+    elif args.command == "translate":
+        sentences = args.sentences or [line.rstrip("\n") for line in sys.stdin]
+        for line in t.translate(sentences):
+            print(line)
+    return 0
+
+
+def _extra_commands() -> dict:
+    """Commands of the later rooms (reproduce, bench), registered when those modules exist."""
+    found = {}
+    try:
+        from .experiments import CLI_COMMANDS
+        found.update(CLI_COMMANDS)
+    except ImportError:
+        pass
+    return found
+
+
+if __name__ == "__main__":
+    sys.exit(main())
