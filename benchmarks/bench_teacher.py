@@ -64,9 +64,9 @@ def main(argv=None):
     data = prepare(cfg)
     batches = list(data.batches("train", shuffle=True, seed=0, epoch=0))[: args.batches]
     torch.manual_seed(0)
-    models = {"ffattn": Transformer.from_config(cfg, data.tokenizers.src_vocab, data.tokenizers.tgt_vocab),
-              "torch.nn.Transformer": TorchTransformerMT(cfg, data.tokenizers.src_vocab,
-                                                         data.tokenizers.tgt_vocab)}
+    models = {"ffattn": Transformer.from_config(cfg, data.tok.src_vocab_size, data.tok.tgt_vocab_size),
+              "torch.nn.Transformer": TorchTransformerMT(cfg, data.tok.src_vocab_size,
+                                                         data.tok.tgt_vocab_size)}
     opts = {k: torch.optim.Adam(m.parameters(), lr=1e-4, betas=(0.9, 0.98), eps=1e-9) for k, m in models.items()}
     for k, m in models.items():  # warm-up
         train_steps(m, opts[k], batches[:5])
@@ -76,6 +76,7 @@ def main(argv=None):
             rates[k].append(train_steps(m, opts[k], batches))
     print(f"preset {cfg.preset}, {len(batches)} batches of <= {cfg.batch_tokens} tokens, "
           f"{torch.get_num_threads()} threads, torch {torch.__version__}")
+    print({k: [round(x) for x in v] for k, v in rates.items()})
     med = {k: statistics.median(v) for k, v in rates.items()}
     for k, v in med.items():
         params = sum(p.numel() for p in models[k].parameters())

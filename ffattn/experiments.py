@@ -29,7 +29,7 @@ class Teacher:
 
     @property
     def tokenizers(self):
-        return self.data.tokenizers
+        return self.data.tok
 
     def translate(self, sentences, beam: int | None = None):
         from .decode import translate
@@ -49,7 +49,7 @@ def teacher(cfg: Config | None = None, progress: bool = True, **overrides) -> Te
         ck = load_checkpoint(path)
         check_config(ck, cfg, path)
         if ck["epoch"] >= cfg.epochs:
-            model = Transformer.from_config(cfg, data.tokenizers.src_vocab, data.tokenizers.tgt_vocab)
+            model = Transformer.from_config(cfg, data.tok.src_vocab_size, data.tok.tgt_vocab_size)
             model.load_state_dict(ck["model"])
             return Teacher(cfg, model.eval(), data, run_dir, ck["history"])
     model, history = train_teacher(cfg, data, run_dir, progress=progress)
@@ -65,7 +65,9 @@ def teacher_metrics(t: Teacher, split: str = "test", beam: int | None = None, pr
         m = json.loads(path.read_text())
         m["hypotheses"] = (t.run_dir / "eval" / f"{name}.hyp.txt").read_text().splitlines()
         return m
-    src, ref = t.data.text[split]
+    if split not in t.data.splits:
+        t.data = data_mod.prepare(t.cfg, splits=(*t.data.splits, split))
+    src, ref = t.data[split].src, t.data[split].tgt
     return evaluate(t.model, t.tokenizers, src, ref, beam=beam, length_penalty=t.cfg.length_penalty,
                     out_dir=t.run_dir / "eval", name=name, progress=progress)
 

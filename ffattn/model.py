@@ -39,9 +39,7 @@ class MultiHeadAttention(nn.Module):
     def __init__(self, d_model: int, n_heads: int, dropout: float = 0.0, causal: bool = False):
         super().__init__()
         self.n_heads, self.d_head, self.causal = n_heads, d_model // n_heads, causal
-        self.q_proj = nn.Linear(d_model, d_model)
-        self.k_proj = nn.Linear(d_model, d_model)
-        self.v_proj = nn.Linear(d_model, d_model)
+        self.in_proj = nn.Linear(d_model, 3 * d_model)  # W_Q, W_K, W_V stacked, as torch's
         self.out_proj = nn.Linear(d_model, d_model)
         self.dropout = dropout
         self.keep_weights = False  # set by Transformer.attention_maps()
@@ -52,9 +50,9 @@ class MultiHeadAttention(nn.Module):
 
     def mix(self, x, x_pad, memory=None, memory_pad=None, state=None):
         """The concatenated per-head outputs (B, T, d_model), before W_O."""
-        q = self._split(self.q_proj(x))
+        d, W, b = self.out_proj.in_features, self.in_proj.weight, self.in_proj.bias
         if memory is None:  # self-attention: keys are x (plus the cache while decoding)
-            k, v = self._split(self.k_proj(x)), self._split(self.v_proj(x))
+            q, k, v = map(self._split, self.in_proj(x).chunk(3, dim=-1))  # one matmul for all three
             key_pad = x_pad
             if state is not None:
                 if "k" in state:
@@ -63,10 +61,11 @@ class MultiHeadAttention(nn.Module):
                     key_pad = torch.cat([state["pad"], x_pad], dim=1)
                 state["k"], state["v"], state["pad"] = k, v, key_pad
         else:  # cross-attention: the memory's keys and values are computed once per sentence
+            q = self._split(F.linear(x, W[:d], b[:d]))
             if state is not None and "k" in state:
                 k, v = state["k"], state["v"]
             else:
-                k, v = self._split(self.k_proj(memory)), self._split(self.v_proj(memory))
+                k, v = map(self._split, F.linear(memory, W[d:], b[d:]).chunk(2, dim=-1))
                 if state is not None:
                     state["k"], state["v"] = k, v
             key_pad = memory_pad

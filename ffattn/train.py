@@ -83,7 +83,7 @@ def train_teacher(cfg, data, run_dir: Path, progress: bool = True, stop_after_ep
     run_dir = Path(run_dir)
     path = run_dir / "teacher.pt"
     torch.manual_seed(cfg.seed)
-    model = Transformer.from_config(cfg, data.tokenizers.src_vocab, data.tokenizers.tgt_vocab)
+    model = Transformer.from_config(cfg, data.tok.src_vocab_size, data.tok.tgt_vocab_size)
     opt = torch.optim.Adam(model.parameters(), lr=0.0, betas=(0.9, 0.98), eps=1e-9)
     history, step, start = [], 0, 0
     if path.exists():
@@ -131,12 +131,12 @@ def train_teacher(cfg, data, run_dir: Path, progress: bool = True, stop_after_ep
 
 def valid_bleu(model, data, n: int) -> float:
     """Greedy BLEU on the first n validation sentences: a cheap learning signal per epoch."""
-    src_ids = data.ids["valid"][0][:n]
-    refs = data.text["valid"][1][:n]
+    src_ids = data["valid"].src_ids[:n]
+    refs = data["valid"].tgt[:n]
     hyps = []
     for i in range(0, len(src_ids), 100):
         hyps += greedy(model, pad_batch(src_ids[i:i + 100]))
-    return score(data.tokenizers.decode_tgt(hyps), refs)["bleu"]
+    return score(data.tok.decode_tgt(hyps), refs)["bleu"]
 
 
 def check_config(ck: dict, cfg, path) -> None:

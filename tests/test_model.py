@@ -7,12 +7,9 @@ from ffattn.model import BOS, EOS, PAD, MultiHeadAttention, Transformer
 
 
 def copy_from_torch(mine: MultiHeadAttention, ref: torch.nn.MultiheadAttention):
-    d = ref.embed_dim
-    W, b = ref.in_proj_weight, ref.in_proj_bias
     with torch.no_grad():
-        for i, proj in enumerate((mine.q_proj, mine.k_proj, mine.v_proj)):
-            proj.weight.copy_(W[i * d:(i + 1) * d])
-            proj.bias.copy_(b[i * d:(i + 1) * d])
+        mine.in_proj.weight.copy_(ref.in_proj_weight)
+        mine.in_proj.bias.copy_(ref.in_proj_bias)
         mine.out_proj.load_state_dict(ref.out_proj.state_dict())
 
 

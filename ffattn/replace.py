@@ -1,0 +1,542 @@
+"""Shallow feed-forward networks in place of attention (Bozic et al., arXiv 2311.10642).
+
+Every replacement sees the whole sentence at once: the token vectors are zero-padded to
+`max_len`, flattened into one vector of W = max_len * d_model numbers and mapped by a
+`ShallowFF`. Padded slots are zeroed on the way in and on the way out, so padding never
+reaches a real token. That is also why the network fixes the longest sentence it can read.
+
+Where each scheme sits in ffattn.model.Transformer (`slot_path`):
+
+    where         scheme  slot                                      maps
+    encoder       ALR     encoder.layers.i.self_attn_block.attn     LN(x) -> heads, teacher W_O
+    encoder       ASLR    encoder.layers.i.self_attn_block.attn     one FF per head, teacher W_O
+    encoder       ALRR    encoder.layers.i.self_attn_block          residual -> residual
+    encoder       ELR     encoder.layers.i                          layer in -> layer out
+    decoder       ALR     decoder.layers.i.self_attn_block.attn     causal: i sees <= i
+    cross         ALR     decoder.layers.i.cross_attn_block.attn    the paper's form, not causal
+    cross_causal  ALR     decoder.layers.i.cross_attn_block.attn    decoder side causal
+
+Distillation (`distill_io`, `record_io`): each student is trained alone on the frozen
+teacher's own activations; its `distill_forward(x, x_pad, memory, memory_pad)` gives the
+tensor that is compared with the recorded target, so training needs no teacher.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ffattn.config import SCHEMES, SIZES
+from ffattn.model import MultiHeadAttention, Transformer
+
+WHERES = ("encoder", "decoder", "cross", "cross_causal")
+
+# Hidden width as a fraction (num, den) of W = max_len * d_model (the authors' code).
+_HIDDEN = {"XS": (1, 256), "S": (1, 128), "M": (1, 8), "L": (1, 2), "XL": (2, 1)}
+# ASLR has one FF per head, so each one is narrower. The authors' code has XS..L only;
+# XL = W/2 is our extrapolation (the next step of the doubling).
+_HIDDEN_ASLR = {"XS": (1, 32), "S": (1, 16), "M": (1, 8), "L": (1, 4), "XL": (1, 2)}
+
+
+def _check_choice(what: str, value, choices) -> None:
+    if value not in choices:
+        raise ValueError(f"unknown {what} {value!r}; choose one of: {', '.join(map(str, choices))}")
+
+
+def _check_slot(where: str, scheme: str) -> None:
+    """Only encoder self-attention has four schemes; the paper uses ALR everywhere else."""
+    _check_choice("where", where, WHERES)
+    _check_choice("scheme", scheme, SCHEMES)
+    if where != "encoder" and scheme != "ALR":
+        raise ValueError(f"scheme {scheme!r} is not available for where={where!r}; "
+                         f"choose one of: ALR (ALRR, ASLR, ELR replace encoder layers only)")
+
+
+def _check_len(n: int, max_len: int, what: str = "sentence") -> None:
+    if n > max_len:
+        raise ValueError(f"{what} of {n} tokens is longer than max_len={max_len}, "
+                         f"the width this feed-forward replacement was built for")
+
+
+# ----------------------------------------------------------------------------- the network
+
+class ShallowFF(nn.Module):
+    """The paper's FF: LayerNorm -> Linear -> LeakyReLU(0.01) -> LayerNorm -> Linear."""
+
+    def __init__(self, d_in: int, hidden: int, d_out: int):
+        super().__init__()
+        self.ln_in = nn.LayerNorm(d_in)
+        self.fc1 = nn.Linear(d_in, hidden)
+        self.act = nn.LeakyReLU(0.01)
+        self.ln_hidden = nn.LayerNorm(hidden)
+        self.fc2 = nn.Linear(hidden, d_out)
+
+    def forward(self, x):
+        return self.fc2(self.ln_hidden(self.act(self.fc1(self.ln_in(x)))))
+
+
+def hidden_width(scheme: str, size: str, max_len: int, d_model: int) -> int:
+    """Hidden width of the FF for a scheme and size, relative to W = max_len * d_model."""
+    _check_choice("scheme", scheme, SCHEMES)
+    _check_choice("size", size, SIZES)
+    num, den = (_HIDDEN_ASLR if scheme == "ASLR" else _HIDDEN)[size]
+    return max(1, max_len * d_model * num // den)
+
+
+def ff_params(d_in: int, hidden: int, d_out: int) -> int:
+    """Parameters of one ShallowFF: two LayerNorms (gain + bias) and two Linears."""
+    return 2 * d_in + d_in * hidden + hidden + 2 * hidden + hidden * d_out + d_out
+
+
+def count_params(scheme: str, size: str, max_len: int, d_model: int, n_heads: int = 1,
+                 where: str = "encoder") -> int:
+    """Trainable parameters of one replacement (the teacher's frozen W_O not counted).
+
+    With max_len 50, d_model 128 (W = 6400), ALR: XS 0.34M, S 0.66M, M 10.3M, L 41.0M,
+    the paper's per-layer figures.
+    """
+    _check_slot(where, scheme)
+    W, h = max_len * d_model, hidden_width(scheme, size, max_len, d_model)
+    if scheme == "ASLR":
+        return n_heads * ff_params(W, h, max_len * (d_model // n_heads))
+    return ff_params(2 * W if where.startswith("cross") else W, h, W)
+
+
+# ----------------------------------------------------------------------------- helpers
+
+def _zero(t, pad):
+    """Zero the padded positions of a (B, T, ...) tensor; pad is (B, T) bool or None."""
+    return t if pad is None else t.masked_fill(pad[..., None], 0.0)
+
+
+def _pad_to(t, max_len: int, what: str = "sentence"):
+    """(B, T, d) -> (B, max_len, d), zeros appended."""
+    _check_len(t.shape[1], max_len, what)
+    return F.pad(t, (0, 0, 0, max_len - t.shape[1]))
+
+
+def _flat(x, pad, max_len: int, what: str = "sentence"):
+    """(B, T, d) -> (B, max_len * d): the FF's view of a sentence, padding zeroed."""
+    return _pad_to(_zero(x, pad), max_len, what).flatten(1)
+
+
+def _frozen_copy(linear: nn.Module | None):
+    """The teacher's W_O, copied (the teacher stays untouched) and frozen (never trained)."""
+    return None if linear is None else copy.deepcopy(linear).requires_grad_(False)
+
+
+class _Slot(nn.Module):
+    """An attention slot: per-head outputs from `forward_heads`, then the teacher's W_O."""
+
+    def __init__(self, d_model: int, max_len: int, out_proj: nn.Module | None = None):
+        super().__init__()
+        self.d_model, self.max_len = d_model, max_len
+        self.out_proj = _frozen_copy(out_proj)
+
+    def _unflat(self, y, T: int, pad, start: int = 0):
+        """(B, max_len * d) -> positions start..start+T-1 as (B, T, d), padding zeroed."""
+        return _zero(y.view(y.shape[0], self.max_len, -1)[:, start:start + T], pad)
+
+    def forward(self, x, x_pad, memory=None, memory_pad=None, state=None):
+        heads = self.forward_heads(x, x_pad, memory, memory_pad, state)
+        return heads if self.out_proj is None else _zero(self.out_proj(heads), x_pad)
+
+    def distill_forward(self, x, x_pad, memory=None, memory_pad=None):
+        """What is compared with the teacher's input to W_O (the pre-W_O heads)."""
+        return self.forward_heads(x, x_pad, memory, memory_pad)
+
+
+# ----------------------------------------------------------------------------- encoder
+
+class FFSelfAttention(_Slot):
+    """ALR: LN(x) of the whole sentence -> the concatenated per-head outputs before W_O.
+
+    Q/K/V, scores and softmax are replaced; the teacher's W_O (`out_proj`, frozen), the
+    LayerNorm, dropout and residual around the slot are kept.
+    """
+
+    def __init__(self, d_model: int, max_len: int, hidden: int, out_proj: nn.Module | None = None):
+        super().__init__(d_model, max_len, out_proj)
+        W = max_len * d_model
+        self.ff = ShallowFF(W, hidden, W)
+
+    def forward_heads(self, x, x_pad, memory=None, memory_pad=None, state=None):
+        return self._unflat(self.ff(_flat(x, x_pad, self.max_len)), x.shape[1], x_pad)
+
+
+class FFSeparateHeads(_Slot):
+    """ASLR: one FF per head, each W -> max_len * d_head, stacked, then the teacher's W_O.
+
+    Each head's FF has its own parameters, so the heads can be trained independently
+    (head k's target is the slice [..., k*d_head:(k+1)*d_head] of the pre-W_O output).
+    """
+
+    def __init__(self, d_model: int, n_heads: int, max_len: int, hidden: int,
+                 out_proj: nn.Module | None = None):
+        super().__init__(d_model, max_len, out_proj)
+        self.n_heads, self.d_head = n_heads, d_model // n_heads
+        W = max_len * d_model
+        self.heads = nn.ModuleList(ShallowFF(W, hidden, max_len * self.d_head)
+                                   for _ in range(n_heads))
+
+    def forward_heads(self, x, x_pad, memory=None, memory_pad=None, state=None):
+        z = _flat(x, x_pad, self.max_len)
+        B, T = x.shape[:2]
+        # (B, max_len, heads, d_head) -> (B, max_len, d): the teacher's head-major layout
+        out = torch.stack([ff(z).view(B, self.max_len, self.d_head) for ff in self.heads], 2)
+        return _zero(out.flatten(2)[:, :T], x_pad)
+
+
+class FFBlock(_Slot):
+    """ALRR: replaces LayerNorm + attention + residual: residual stream in and out (W -> W)."""
+
+    def __init__(self, d_model: int, max_len: int, hidden: int):
+        super().__init__(d_model, max_len)
+        W = max_len * d_model
+        self.ff = ShallowFF(W, hidden, W)
+
+    def forward(self, x, x_pad, memory=None, memory_pad=None, state=None):
+        return self._unflat(self.ff(_flat(x, x_pad, self.max_len)), x.shape[1], x_pad)
+
+    def distill_forward(self, x, x_pad, memory=None, memory_pad=None):
+        """Compared with the teacher block's (or layer's) output."""
+        return self.forward(x, x_pad)
+
+
+class FFLayer(FFBlock):
+    """ELR: replaces a whole EncoderLayer, both sublayers: layer input -> layer output."""
+
+
+# ----------------------------------------------------------------------------- decoder
+
+def _causal_pass(ff: ShallowFF, x, x_pad, max_len: int, state=None, memory=None,
+                 memory_pad=None):
+    """Position i's output of `ff` on the input with every decoder slot > i zeroed, all i at once.
+
+    The authors run the FF once per position. Write z_i for that masked input (width D: the
+    W decoder numbers, after the encoder's W for cross-attention), x_j for decoder token j
+    (zero if padded), g/b for the input LayerNorm's gain/bias and A for fc1's weight. Then
+
+        mean_i = (sum_{j<=i} 1.x_j + memory sum) / D      (the zeros count: divide by D)
+        var_i  = (sum_{j<=i} x_j.x_j + memory sum of squares) / D - mean_i^2
+        fc1(LN(z_i)) = r_i * (P_i - mean_i * A g) + A b + fc1.bias,   r_i = 1/sqrt(var_i + eps)
+        P_i    = sum_{j<=i} A[:, block j] (g[block j] * x_j)  (+ the memory's projection)
+
+    The "- mean_i * A g" term is the normalisation of *every* slot, zeroed ones included,
+    and "A b" is the bias every slot gets. Three prefix sums (cumsum over positions) give all
+    i in one pass, at the cost of one ordinary forward. Position i then needs only the rows
+    of fc2 that produce block i.
+
+    With `state` (a dict), the prefix sums continue from the previous call and are stored
+    back: step-by-step decoding keeps three running sums and a position counter, no cache.
+    """
+    B, T, d = x.shape
+    D, h = ff.fc1.in_features, ff.fc1.out_features
+    A, g, b = ff.fc1.weight, ff.ln_in.weight, ff.ln_in.bias
+    Ab = A.view(h, D // d, d)  # fc1's columns, one block of d per input slot
+    gb = g.view(D // d, d)
+    lead = D // d - max_len  # slots in front of the decoder stream (the memory, if any)
+    start = 0 if state is None else state.get("pos", 0)
+    _check_len(start + T, max_len, "decoder prefix")
+
+    if state is not None and "proj" in state:
+        proj0, s1_0, s2_0 = state["proj"], state["s1"], state["s2"]
+    elif memory is not None:  # the encoder output: a constant of each sentence
+        m = _pad_to(_zero(memory, memory_pad), max_len, "source sentence")
+        proj0 = torch.einsum("bsd,hsd->bh", m * gb[:max_len], Ab[:, :max_len])
+        s1_0, s2_0 = m.sum((1, 2)), m.square().sum((1, 2))
+    else:
+        proj0 = x.new_zeros(B, h)
+        s1_0 = s2_0 = x.new_zeros(B)
+
+    x = _zero(x, x_pad)
+    blocks = slice(lead + start, lead + start + T)
+    # the running sums enter at the first position, so the cumsums carry them along
+    proj = torch.einsum("btd,htd->bth", x * gb[blocks], Ab[:, blocks])
+    proj[:, 0] += proj0
+    s1, s2 = x.sum(-1), x.square().sum(-1)
+    s1[:, 0] += s1_0
+    s2[:, 0] += s2_0
+    proj, s1, s2 = proj.cumsum(1), s1.cumsum(1), s2.cumsum(1)
+    if state is not None:
+        state.update(proj=proj[:, -1], s1=s1[:, -1], s2=s2[:, -1], pos=start + T)
+
+    mean = s1 / D
+    rstd = torch.rsqrt((s2 / D - mean.square()).clamp_min(0) + ff.ln_in.eps)
+    # rstd * (proj - mean * A g) + A b + fc1.bias, in two fused passes over (B, T, h)
+    pre = torch.addcmul(A @ b + ff.fc1.bias, (-rstd * mean)[..., None], A @ g)
+    pre = torch.addcmul(pre, rstd[..., None], proj)
+    a = ff.ln_hidden(ff.act(pre))  # (B, T, h)
+    W2 = ff.fc2.weight.view(max_len, -1, h)[start:start + T]  # rows of block i, per i
+    out = torch.einsum("bth,toh->bto", a, W2) + ff.fc2.bias.view(max_len, -1)[start:start + T]
+    return _zero(out, x_pad)
+
+
+def per_position_reference(ff: ShallowFF, x, x_pad, memory=None, memory_pad=None):
+    """The authors' causal FF, slowly: for each i, zero slots > i, run the whole FF, keep block i.
+
+    `memory` (cross-attention) is prepended whole. For tests and the benchmark only.
+    """
+    B, T, d = x.shape
+    max_len = ff.fc2.out_features // d
+    xs = _pad_to(_zero(x, x_pad), max_len)
+    m = None if memory is None else _flat(memory, memory_pad, max_len, "source sentence")
+    keep = torch.arange(max_len, device=x.device)[:, None]
+    outs = []
+    for i in range(T):
+        z = (xs * (keep <= i)).flatten(1)
+        if m is not None:
+            z = torch.cat([m, z], 1)
+        outs.append(ff(z).view(B, max_len, -1)[:, i])
+    return _zero(torch.stack(outs, 1), x_pad)
+
+
+class CausalFFSelfAttention(_Slot):
+    """ALR for decoder self-attention: position i sees positions <= i only.
+
+    Equal to the authors' one-FF-pass-per-position masking, computed in one pass
+    (`_causal_pass`); step by step with `state`, keeping three running sums.
+    """
+
+    def __init__(self, d_model: int, max_len: int, hidden: int, out_proj: nn.Module | None = None):
+        super().__init__(d_model, max_len, out_proj)
+        W = max_len * d_model
+        self.ff = ShallowFF(W, hidden, W)
+
+    def forward_heads(self, x, x_pad, memory=None, memory_pad=None, state=None):
+        return _causal_pass(self.ff, x, x_pad, self.max_len, state)
+
+
+class FFCrossAttention(_Slot):
+    """ALR for cross-attention, the paper's form: [memory (W), decoder stream (W)] -> W.
+
+    Not causal, as in the paper: trained on whole teacher-forced targets, while in
+    step-by-step decoding it sees zeros beyond the current step, a train/test mismatch.
+    With `state` it keeps the decoder inputs seen so far and returns the newest positions.
+    """
+
+    def __init__(self, d_model: int, max_len: int, hidden: int, out_proj: nn.Module | None = None):
+        super().__init__(d_model, max_len, out_proj)
+        W = max_len * d_model
+        self.ff = ShallowFF(2 * W, hidden, W)
+
+    def forward_heads(self, x, x_pad, memory=None, memory_pad=None, state=None):
+        if memory is None:
+            raise ValueError("a cross-attention replacement needs the encoder output (memory)")
+        T = x.shape[1]
+        x = _zero(x, x_pad)
+        if state is not None:  # decoding: the prefix so far, zeros beyond it
+            if "x" in state:
+                x = torch.cat([state["x"], x], 1)
+            _check_len(x.shape[1], self.max_len, "decoder prefix")
+            state["x"] = x
+        m = _flat(memory, memory_pad, self.max_len, "source sentence")
+        y = self.ff(torch.cat([m, _flat(x, None, self.max_len)], 1))
+        return self._unflat(y, T, x_pad, start=x.shape[1] - T)
+
+
+class CausalFFCrossAttention(_Slot):
+    """ALR for cross-attention, causal: position i sees all of the memory and decoder <= i.
+
+    Same one-pass prefix sums as CausalFFSelfAttention; the memory's projection and
+    LayerNorm statistics (the LN spans all 2W inputs) are one constant per sentence.
+    """
+
+    def __init__(self, d_model: int, max_len: int, hidden: int, out_proj: nn.Module | None = None):
+        super().__init__(d_model, max_len, out_proj)
+        W = max_len * d_model
+        self.ff = ShallowFF(2 * W, hidden, W)
+
+    def forward_heads(self, x, x_pad, memory=None, memory_pad=None, state=None):
+        if memory is None:
+            raise ValueError("a cross-attention replacement needs the encoder output (memory)")
+        return _causal_pass(self.ff, x, x_pad, self.max_len, state, memory, memory_pad)
+
+
+class TeacherAttention(nn.Module):
+    """Passes through to the teacher's own attention: a 'replacement' that changes nothing.
+
+    It checks the plumbing (slots, signatures, decoding state) without any learning.
+    """
+
+    def __init__(self, attn: MultiHeadAttention):
+        super().__init__()
+        self.attn = attn
+
+    def forward(self, x, x_pad, memory=None, memory_pad=None, state=None):
+        return self.attn(x, x_pad, memory, memory_pad, state)
+
+    def forward_heads(self, x, x_pad, memory=None, memory_pad=None, state=None):
+        return self.attn.mix(x, x_pad, memory, memory_pad, state)
+
+    def distill_forward(self, x, x_pad, memory=None, memory_pad=None):
+        return self.attn.mix(x, x_pad, memory, memory_pad)
+
+
+# ----------------------------------------------------------------------------- installing
+
+def slot_path(where: str, layer: int, scheme: str) -> str:
+    """Dotted path of the module a replacement takes the place of in a Transformer."""
+    _check_slot(where, scheme)
+    if where == "encoder":
+        return {"ALR": f"encoder.layers.{layer}.self_attn_block.attn",
+                "ASLR": f"encoder.layers.{layer}.self_attn_block.attn",
+                "ALRR": f"encoder.layers.{layer}.self_attn_block",
+                "ELR": f"encoder.layers.{layer}"}[scheme]
+    if where == "decoder":
+        return f"decoder.layers.{layer}.self_attn_block.attn"
+    return f"decoder.layers.{layer}.cross_attn_block.attn"
+
+
+def _check_layer(model: Transformer, where: str, layer: int) -> None:
+    n = len((model.encoder if where == "encoder" else model.decoder).layers)
+    if not isinstance(layer, int) or not 0 <= layer < n:
+        raise ValueError(f"layer {layer!r} does not exist for where={where!r}; "
+                         f"choose one of: {', '.join(map(str, range(n)))}")
+
+
+def build_replacement(teacher: Transformer, where: str, layer: int, scheme: str, size: str,
+                      max_len: int) -> nn.Module:
+    """A randomly initialised replacement for one slot, holding the teacher's W_O if kept."""
+    _check_slot(where, scheme)
+    _check_choice("size", size, SIZES)
+    _check_layer(teacher, where, layer)
+    side = teacher.encoder if where == "encoder" else teacher.decoder
+    block = side.layers[layer].self_attn_block if where in ("encoder", "decoder") \
+        else side.layers[layer].cross_attn_block
+    d = block.norm.normalized_shape[0]
+    h = hidden_width(scheme, size, max_len, d)
+    w_o = getattr(block.attn, "out_proj", None)
+    p = next(teacher.parameters())
+    with torch.device(p.device):
+        if where == "encoder":
+            if scheme == "ALR":
+                module = FFSelfAttention(d, max_len, h, w_o)
+            elif scheme == "ASLR":
+                module = FFSeparateHeads(d, block.attn.n_heads, max_len, h, w_o)
+            elif scheme == "ALRR":
+                module = FFBlock(d, max_len, h)
+            else:
+                module = FFLayer(d, max_len, h)
+        elif where == "decoder":
+            module = CausalFFSelfAttention(d, max_len, h, w_o)
+        elif where == "cross":
+            module = FFCrossAttention(d, max_len, h, w_o)
+        else:
+            module = CausalFFCrossAttention(d, max_len, h, w_o)
+    return module.to(p.dtype)
+
+
+def install(teacher: Transformer, replacements: dict) -> Transformer:
+    """A deep copy of the teacher with modules put into slots; the teacher is not changed.
+
+    `replacements` maps (where, layer, scheme) -> module; any set at once, all of them
+    giving the attentionless Transformer. The modules are placed as they are, not copied.
+    """
+    model = copy.deepcopy(teacher)
+    paths = {}
+    for key, module in replacements.items():
+        where, layer, scheme = key
+        _check_slot(where, scheme)
+        _check_layer(teacher, where, layer)
+        path = slot_path(where, layer, scheme)
+        for other in paths:
+            if path == other or path.startswith(other + ".") or other.startswith(path + "."):
+                raise ValueError(f"replacements {key!r} and {paths[other][0]!r} overlap "
+                                 f"({path} vs {other}); install one of them")
+        paths[path] = (key, module)
+    for path, (_, module) in paths.items():
+        parent, name = path.rsplit(".", 1)
+        setattr(model.get_submodule(parent), name, module)
+    return model
+
+
+# ----------------------------------------------------------------------------- distillation
+
+@dataclass(frozen=True)
+class DistillIO:
+    """What one student is trained on, as places in the teacher to hook.
+
+    input_path: the module whose call arguments (x, x_pad, memory, memory_pad) are the
+        student's input (a forward pre-hook).
+    target_path, target_hook: "input" means the first argument of that module (a forward
+        pre-hook: the teacher's W_O input, the pre-W_O heads); "output" its output.
+    """
+    input_path: str
+    target_path: str
+    target_hook: str
+    what: str
+
+
+def distill_io(where: str, scheme: str, layer: int = 0) -> DistillIO:
+    """Where a student's input and target come from in the teacher (see DistillIO).
+
+    ALR/ASLR: LN(x) (plus memory for cross) -> the input of the teacher's `attn.out_proj`.
+    ALRR: the block's input -> its output. ELR: the layer's input -> its output.
+    Targets are compared at real positions only: zero them at padding (record_io does).
+    """
+    path = slot_path(where, layer, scheme)
+    if scheme in ("ALR", "ASLR"):
+        return DistillIO(path, path + ".out_proj", "input",
+                         "LN(x) the slot receives -> per-head attention output before W_O")
+    what = "block input -> block output" if scheme == "ALRR" else "layer input -> layer output"
+    return DistillIO(path, path, "output", what)
+
+
+def record_io(teacher: Transformer, src, tgt_in, keys, pad_to: int | None = None) -> dict:
+    """Run the teacher (eval, no grad, teacher forcing) and record each student's data.
+
+    Returns {(where, layer, scheme): dict(x, x_pad, memory, memory_pad, target)}, target
+    zeroed at padding, so `mse(student.distill_forward(x, x_pad, memory, memory_pad),
+    target)` is the distillation loss. `pad_to` pads the time axis (e.g. to max_len), so
+    batches of different lengths can be stacked.
+    """
+    names = ("x", "x_pad", "memory", "memory_pad")
+    rec = {key: {} for key in keys}
+    handles = []
+
+    def grab_input(key):
+        def hook(module, args, kwargs):
+            got = dict(zip(names, args))
+            got.update({n: kwargs[n] for n in names if n in kwargs})
+            rec[key].update({n: got.get(n) for n in names})
+        return hook
+
+    def grab_target(key, kind):
+        if kind == "input":
+            return lambda module, args: rec[key].__setitem__("target", args[0])
+        return lambda module, args, out: rec[key].__setitem__("target", out)
+
+    was_training = teacher.training
+    try:
+        for key in keys:
+            where, layer, scheme = key
+            _check_layer(teacher, where, layer)
+            io = distill_io(where, scheme, layer)
+            handles.append(teacher.get_submodule(io.input_path)
+                           .register_forward_pre_hook(grab_input(key), with_kwargs=True))
+            target = teacher.get_submodule(io.target_path)
+            hook = grab_target(key, io.target_hook)
+            handles.append(target.register_forward_pre_hook(hook) if io.target_hook == "input"
+                           else target.register_forward_hook(hook))
+        teacher.eval()
+        with torch.no_grad():
+            teacher(src, tgt_in)
+    finally:
+        for handle in handles:
+            handle.remove()
+        teacher.train(was_training)
+
+    for r in rec.values():
+        r["target"] = _zero(r["target"], r["x_pad"])
+        if pad_to is not None:
+            for n in ("x", "target", "memory"):
+                if r[n] is not None:
+                    r[n] = _pad_to(r[n], pad_to)
+            for n in ("x_pad", "memory_pad"):
+                if r[n] is not None:
+                    r[n] = F.pad(r[n], (0, pad_to - r[n].shape[1]), value=True)
+    return rec
