@@ -7,8 +7,12 @@ interrupted training resumed) otherwise.
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
 
 from . import data as data_mod
 from .config import Config, get_config
@@ -80,3 +84,135 @@ def _write_config(cfg: Config, run_dir: Path) -> None:
         if {k: old.get(k) for k in mine} != mine:
             raise ValueError(f"{run_dir} holds a run of another config; refusing to mix them")
     write_atomic(path, json.dumps(cfg.to_dict(), indent=1))
+
+
+# ----------------------------------------------------------------------------- students and the grid
+
+@dataclass(frozen=True)
+class Cell:
+    """One row of the results: a set of replacements installed into the teacher at once."""
+
+    group: str       # encoder, decoder, cross, cross_causal, attentionless, attentionless_causal
+    scheme: str
+    size: str
+    students: tuple  # Student per replaced slot
+    trained: bool = True
+
+    @property
+    def name(self) -> str:
+        return f"{self.group}-{self.scheme}-{self.size}" + ("" if self.trained else "-untrained")
+
+
+def _all_layers(cfg, where, scheme, size):
+    from .distill import Student
+    n = cfg.n_enc if where == "encoder" else cfg.n_dec
+    return tuple(Student(where, i, scheme, size) for i in range(n))
+
+
+def grid(cfg, sizes=("XS", "S", "M", "L"), full_size: str = "L", floor_size: str = "M") -> list[Cell]:
+    """The paper's grid for one direction, every attention type replaced in all its layers:
+    encoder {ALR, ALRR, ASLR, ELR} x sizes; decoder self-attention ALR x sizes; cross-attention
+    ALR x sizes, the paper's form and the causal form; the attentionless Transformer (both
+    cross forms) at `full_size`; untrained students at `floor_size` as the floor."""
+    from .config import SCHEMES
+    cells = [Cell("encoder", sc, sz, _all_layers(cfg, "encoder", sc, sz)) for sc in SCHEMES for sz in sizes]
+    for where in ("decoder", "cross", "cross_causal"):
+        cells += [Cell(where, "ALR", sz, _all_layers(cfg, where, "ALR", sz)) for sz in sizes]
+    for group, cross in (("attentionless", "cross"), ("attentionless_causal", "cross_causal")):
+        parts = sum((_all_layers(cfg, w, "ALR", full_size) for w in ("encoder", "decoder", cross)), ())
+        cells.append(Cell(group, "ALR", full_size, parts))
+    for where in ("encoder", "decoder", "cross"):
+        cells.append(Cell(where, "ALR", floor_size, _all_layers(cfg, where, "ALR", floor_size), trained=False))
+    return cells
+
+
+def distill_dir(t: Teacher) -> Path:
+    return t.run_dir / f"distill-{t.cfg.distill_key()}"
+
+
+def recordings(t: Teacher, sources, progress: bool = True):
+    """The teacher's recorded activations on (a prefix of) train and on valid, cached."""
+    from .distill import record
+    train = t.data["train"]
+    n = t.cfg.distill_sentences or len(train)
+    folder = distill_dir(t) / "recordings"
+    rec_train = record(t.model, train.src_ids[:n], train.tgt_ids[:n], sources, folder / "train",
+                       progress=progress)
+    valid = t.data["valid"]
+    rec_valid = record(t.model, valid.src_ids, valid.tgt_ids, sources, folder / "valid", progress=progress)
+    return rec_train, rec_valid
+
+
+def students(t: Teacher, wanted, progress: bool = True) -> dict:
+    """Train or load students ({Student: (module, history)}) through the cache."""
+    from .distill import train_students
+    wanted = sorted(set(wanted), key=lambda s: s.name)
+    rec_train, rec_valid = recordings(t, {s.source for s in wanted}, progress)
+    return train_students(t.model, wanted, rec_train, rec_valid, t.cfg, distill_dir(t) / "students", progress)
+
+
+def cell_model(t: Teacher, cell: Cell, trained: dict | None = None):
+    """The teacher with the cell's replacements installed (trained, or fresh for the floor)."""
+    from .distill import new_student
+    from .replace import install
+    if cell.trained:
+        trained = trained or students(t, cell.students, progress=False)
+        modules = {s.key: trained[s][0] for s in cell.students}
+    else:
+        modules = {s.key: new_student(t.model, s, t.cfg.max_len, t.cfg.seed) for s in cell.students}
+    return install(t.model, modules).eval()
+
+
+def evaluate_cell(t: Teacher, cell: Cell, trained: dict | None = None, split: str = "test",
+                  progress: bool = True) -> dict:
+    """sacreBLEU of the teacher with the cell installed, cached beside the students."""
+    beam = t.cfg.beam
+    out_dir = distill_dir(t) / "eval"
+    path = out_dir / f"{cell.name}.{split}-beam{beam}.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    model = cell_model(t, cell, trained)
+    if split not in t.data.splits:
+        t.data = data_mod.prepare(t.cfg, splits=(*t.data.splits, split))
+    src, ref = t.data[split].src, t.data[split].tgt
+    m = evaluate(model, t.tokenizers, src, ref, beam=beam, length_penalty=t.cfg.length_penalty,
+                 out_dir=out_dir, name=f"{cell.name}.{split}-beam{beam}", progress=progress)
+    m.pop("hypotheses")
+    return m
+
+
+def run_grid(t: Teacher, cells: list[Cell] | None = None, progress: bool = True):
+    """Train or load every student of the grid, evaluate every cell; one row per cell."""
+    import pandas as pd
+
+    from .distill import heldout_mse, new_student
+    cells = cells or grid(t.cfg)
+    started = time.time()
+    needed = {s for c in cells if c.trained for s in c.students}
+    trained = students(t, needed, progress)
+    train_seconds = time.time() - started
+    base = teacher_metrics(t, "test", progress=progress)
+    rec_valid = None
+    rows = []
+    for cell in tqdm(cells, desc="evaluating the grid", disable=not progress, leave=False):
+        m = evaluate_cell(t, cell, trained, progress=False)
+        if cell.trained:
+            mods = [trained[s][0] for s in cell.students]
+            mse = [trained[s][1][-1]["heldout_mse"] for s in cell.students]
+        else:
+            mods = [new_student(t.model, s, t.cfg.max_len, t.cfg.seed) for s in cell.students]
+            if rec_valid is None:
+                rec_valid = recordings(t, {s.source for s in needed}, progress=False)[1]
+            mse = [heldout_mse(mod, rec_valid, s.source) for mod, s in zip(mods, cell.students)]
+        rows.append({"pair": t.cfg.pair, "group": cell.group, "scheme": cell.scheme, "size": cell.size,
+                     "trained": cell.trained, "bleu": m["bleu"], "chrf": m["chrf"],
+                     "bleu_rel": round(100 * m["bleu"] / base["bleu"], 1) if base["bleu"] else float("nan"),
+                     "heldout_mse": float(np.mean(mse)) if mse else float("nan"),
+                     "replaced_params": sum(p.numel() for mod in mods for p in mod.parameters() if p.requires_grad),
+                     "students": len(cell.students)})
+    teacher_row = {"pair": t.cfg.pair, "group": "teacher", "scheme": "-", "size": "-", "trained": True,
+                   "bleu": base["bleu"], "chrf": base["chrf"], "bleu_rel": 100.0, "heldout_mse": 0.0,
+                   "replaced_params": 0, "students": 0}
+    df = pd.DataFrame([teacher_row] + rows)
+    df.attrs["train_seconds"] = train_seconds
+    return df
