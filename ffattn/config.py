@@ -58,7 +58,7 @@ class Config:
     # decode (evaluation only: not part of the teacher's key)
     beam: int = _f(1, "decode", "beam size (1: greedy, as the paper)")
     length_penalty: float = _f(0.6, "decode", "GNMT length penalty alpha for beam search")
-    valid_bleu_sentences: int = _f(200, "decode", "validation sentences decoded per epoch for BLEU")
+    valid_bleu_sentences: int = _f(200, "decode", "validation sentences decoded per epoch for BLEU (0: none)")
     # distill
     distill_epochs: int = _f(10, "distill", "epochs of each replacement network")
     distill_batch: int = _f(256, "distill", "sentences per distillation batch")

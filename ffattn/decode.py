@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 
+from .data import pad_batch as _pad
 from .model import BOS, EOS, PAD
 
 
@@ -103,11 +104,8 @@ def beam_search(model, src: torch.Tensor, beam: int = 4, length_penalty: float =
 
 
 def pad_batch(seqs: list[list[int]], device=None) -> torch.Tensor:
-    width = max(len(s) for s in seqs)
-    out = torch.full((len(seqs), width), PAD, dtype=torch.long, device=device)
-    for i, s in enumerate(seqs):
-        out[i, :len(s)] = torch.tensor(s, dtype=torch.long)
-    return out
+    """Right-padded (B, T) ids on `device`."""
+    return _pad(seqs).to(device) if device is not None else _pad(seqs)
 
 
 def translate(model, tokenizers, sentences: list[str], beam: int = 1, length_penalty: float = 0.6,

@@ -71,6 +71,7 @@ class Recording:
         self.tgt_off = np.concatenate([[0], np.cumsum(self.tgt_len)])
         self.arrays = {p.stem: np.load(p, mmap_mode="r") for p in self.folder.glob("*.f16.npy")}
         self.arrays = {k.removesuffix(".f16"): v for k, v in self.arrays.items()}
+        self.device = torch.device("cpu")  # where batch() puts its tensors: the students' device
 
     def __len__(self) -> int:
         return len(self.src_len)
@@ -99,7 +100,8 @@ class Recording:
         memory = memory_pad = None
         if where == "cross":
             memory, memory_pad = self._gather("memory", idx, self.src_len, self.src_off)
-        return dict(x=x, x_pad=x_pad, memory=memory, memory_pad=memory_pad, target=target)
+        out = dict(x=x, x_pad=x_pad, memory=memory, memory_pad=memory_pad, target=target)
+        return {k: (v.to(self.device) if v is not None else None) for k, v in out.items()}
 
 
 def record(model, src_ids, tgt_ids, sources, folder: Path, batch_size: int = 128,
@@ -133,7 +135,9 @@ def record(model, src_ids, tgt_ids, sources, folder: Path, batch_size: int = 128
     for start in tqdm(chunks, desc="recording the teacher", disable=not progress, leave=False):
         src = pad_batch(src_ids[start:start + batch_size])
         tgt = pad_batch(tgt_ids[start:start + batch_size])
-        rec = record_io(model, src, tgt[:, :-1], sources)
+        device = next(model.parameters()).device
+        rec = record_io(model, src.to(device), tgt[:, :-1].to(device), sources)
+        rec = {k: {n: (v.cpu() if torch.is_tensor(v) else v) for n, v in r.items()} for k, r in rec.items()}
         ls = src_len[start:start + batch_size]
         lt = tgt_len[start:start + batch_size]
         for s in sources:
@@ -192,6 +196,7 @@ def train_students(teacher, students: list[Student], rec_train: Recording, rec_v
     a checkpoint per epoch in `folder/<name>.pt`, so an interrupted run resumes.
     """
     folder = Path(folder)
+    rec_train.device = rec_valid.device = next(teacher.parameters()).device
     out = {}
     groups: dict = {}
     for s in students:

@@ -18,7 +18,7 @@ from . import data as data_mod
 from .config import Config, get_config
 from .evaluate import evaluate, write_atomic
 from .model import Transformer
-from .train import check_config, load_checkpoint, train_teacher
+from .train import check_config, default_device, load_checkpoint, train_teacher
 
 
 @dataclass
@@ -55,7 +55,7 @@ def teacher(cfg: Config | None = None, progress: bool = True, **overrides) -> Te
         if ck["epoch"] >= cfg.epochs:
             model = Transformer.from_config(cfg, data.tok.src_vocab_size, data.tok.tgt_vocab_size)
             model.load_state_dict(ck["model"])
-            return Teacher(cfg, model.eval(), data, run_dir, ck["history"])
+            return Teacher(cfg, model.to(default_device()).eval(), data, run_dir, ck["history"])
     model, history = train_teacher(cfg, data, run_dir, progress=progress)
     return Teacher(cfg, model, data, run_dir, history)
 
@@ -216,3 +216,43 @@ def run_grid(t: Teacher, cells: list[Cell] | None = None, progress: bool = True)
     df = pd.DataFrame([teacher_row] + rows)
     df.attrs["train_seconds"] = train_seconds
     return df
+
+
+def reproduce(cfg: Config, pairs=("de-en",), progress: bool = True):
+    """The whole grid for each pair: train or load teachers and students, evaluate, and write
+    results.csv, results.md and figures to runs/results-<corpus>-<preset>-<hash>/."""
+    import pandas as pd
+
+    from .config import PAIRS, _check_choice
+    from .report import write_report
+    frames = []
+    for pair in pairs:
+        _check_choice("pair", pair, PAIRS)
+        t = teacher(cfg.replace(pair=pair), progress=progress)
+        started = time.time()
+        df = run_grid(t, progress=progress)
+        df["grid_seconds"] = round(time.time() - started, 1)
+        df.to_csv(distill_dir(t) / "results.csv", index=False)
+        frames.append(df)
+    df = pd.concat(frames, ignore_index=True)
+    key = cfg.replace(pair="de-en").teacher_key() + cfg.distill_key()
+    folder = cfg.run_dir().parent / f"results-{cfg.corpus}-{cfg.preset}-{key[:8]}"
+    files = write_report(df, folder)
+    return df, files
+
+
+def _reproduce_args(p):
+    p.add_argument("--pairs", default="de-en", help="comma-separated directions, e.g. de-en,en-de,fr-en,en-fr")
+
+
+def _reproduce_cli(cfg, args):
+    pairs = [p.strip() for p in args.pairs.split(",") if p.strip()]
+    df, files = reproduce(cfg, pairs)
+    from .report import markdown_report
+    print(markdown_report(df))
+    for name, path in files.items():
+        print(f"{name}: {path}")
+
+
+CLI_COMMANDS = {"reproduce": ("train or load the whole grid of replacements and write the results tables",
+                              _reproduce_args, _reproduce_cli)}

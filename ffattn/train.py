@@ -22,6 +22,11 @@ from .evaluate import score, write_atomic
 from .model import PAD, Transformer
 
 
+def default_device() -> torch.device:
+    """The GPU when there is one (the paper preset wants it), else the CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
 def lr_at(step: int, d_model: int, warmup: int, factor: float) -> float:
     """The inverse-square-root schedule of Vaswani et al.: linear warmup, then step^-0.5."""
     step = max(step, 1)
@@ -30,6 +35,8 @@ def lr_at(step: int, d_model: int, warmup: int, factor: float) -> float:
 
 def batch_loss(model, src, tgt, label_smoothing: float = 0.0):
     """Summed token cross-entropy of a teacher-forced batch and its number of target tokens."""
+    device = next(model.parameters()).device
+    src, tgt = src.to(device), tgt.to(device)
     logp = model(src, tgt[:, :-1])
     gold = tgt[:, 1:]
     loss = F.nll_loss(logp.flatten(0, 1), gold.flatten(), ignore_index=PAD, reduction="sum")
@@ -84,6 +91,7 @@ def train_teacher(cfg, data, run_dir: Path, progress: bool = True, stop_after_ep
     path = run_dir / "teacher.pt"
     torch.manual_seed(cfg.seed)
     model = Transformer.from_config(cfg, data.tok.src_vocab_size, data.tok.tgt_vocab_size)
+    model.to(default_device())
     opt = torch.optim.Adam(model.parameters(), lr=0.0, betas=(0.9, 0.98), eps=1e-9)
     history, step, start = [], 0, 0
     if path.exists():
@@ -113,11 +121,11 @@ def train_teacher(cfg, data, run_dir: Path, progress: bool = True, stop_after_ep
                "valid_loss": validation_loss(model, valid), "seconds": time.time() - t0,
                "tokens": ntok}
         row["valid_ppl"] = math.exp(row["valid_loss"])
-        row["valid_bleu"] = valid_bleu(model, data, cfg.valid_bleu_sentences)
+        row["valid_bleu"] = valid_bleu(model, data, cfg.valid_bleu_sentences) if cfg.valid_bleu_sentences else None
         history.append(row)
         if progress:
             print(f"epoch {epoch + 1:>2}: train loss {row['train_loss']:.3f}  valid loss "
-                  f"{row['valid_loss']:.3f}  valid BLEU {row['valid_bleu']:.1f}  "
+                  f"{row['valid_loss']:.3f}  valid BLEU {row['valid_bleu'] or 0:.1f}  "
                   f"({row['seconds']:.0f} s)", flush=True)
         save_atomic({"config": cfg.to_dict(), "teacher_key": cfg.teacher_key(), "epoch": epoch + 1,
                      "step": step, "model": model.state_dict(), "optimizer": opt.state_dict(),
@@ -135,7 +143,7 @@ def valid_bleu(model, data, n: int) -> float:
     refs = data["valid"].tgt[:n]
     hyps = []
     for i in range(0, len(src_ids), 100):
-        hyps += greedy(model, pad_batch(src_ids[i:i + 100]))
+        hyps += greedy(model, pad_batch(src_ids[i:i + 100], next(model.parameters()).device))
     return score(data.tok.decode_tgt(hyps), refs)["bleu"]
 
 

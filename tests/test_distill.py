@@ -1,0 +1,68 @@
+"""Distillation on a tiny teacher: students learn the teacher's blocks and beat the floor."""
+import numpy as np
+import pytest
+import torch
+
+from ffattn import experiments
+from ffattn.decode import translate
+from ffattn.distill import Student, heldout_mse, new_student
+from ffattn.evaluate import score
+from ffattn.replace import TeacherAttention, install
+
+
+@pytest.fixture(scope="module")
+def distilled(overfit_teacher):
+    t = overfit_teacher
+    t.cfg = t.cfg.replace(distill_epochs=25, distill_batch=32, lr_alr=1e-3)
+    wanted = [Student("encoder", i, "ALR", "M") for i in range(t.cfg.n_enc)]
+    wanted += [Student("encoder", 0, "ASLR", "S"), Student("decoder", 1, "ALR", "S"),
+               Student("cross_causal", 0, "ALR", "XS")]
+    return t, experiments.students(t, wanted, progress=False)
+
+
+def test_distillation_lowers_heldout_mse_well_below_the_untrained_floor(distilled):
+    t, trained = distilled
+    rec_train, rec_valid = experiments.recordings(t, {s.source for s in trained}, progress=False)
+    for s, (module, history) in trained.items():
+        floor = heldout_mse(new_student(t.model, s, t.cfg.max_len, t.cfg.seed), rec_valid, s.source)
+        assert history[-1]["heldout_mse"] < 0.5 * floor, (s.name, history[-1]["heldout_mse"], floor)
+        assert history[-1]["train_mse"] < history[0]["train_mse"]
+
+
+def test_recording_holds_real_tokens_only_in_float16(distilled):
+    t, trained = distilled
+    rec_train, _ = experiments.recordings(t, {s.source for s in trained}, progress=False)
+    n_src = sum(len(s) for s in t.data["train"].src_ids)
+    assert rec_train.arrays["encoder-0-ALR.x"].shape == (n_src, t.cfg.d_model)
+    assert rec_train.arrays["encoder-0-ALR.x"].dtype == np.float16
+    b = rec_train.batch(("encoder", 0, "ALR"), np.arange(4))
+    assert (b["target"][b["x_pad"]] == 0).all()
+
+
+def test_distilled_encoder_beats_the_untrained_one_in_bleu(distilled):
+    t, trained = distilled
+    train = t.data["train"]
+    cells = {trained_: experiments.Cell("encoder", "ALR", "M",
+                                        tuple(Student("encoder", i, "ALR", "M") for i in range(t.cfg.n_enc)),
+                                        trained=trained_) for trained_ in (True, False)}
+    bleu = {k: score(translate(experiments.cell_model(t, c, trained), t.tokenizers, train.src), train.tgt)["bleu"]
+            for k, c in cells.items()}
+    assert bleu[True] > bleu[False] + 20, bleu
+
+
+def test_student_checkpoints_load_back_identically(distilled):
+    t, trained = distilled
+    again = experiments.students(t, list(trained), progress=False)
+    for s in trained:
+        for a, b in zip(trained[s][0].state_dict().values(), again[s][0].state_dict().values()):
+            assert torch.equal(a, b)
+
+
+def test_wrapping_the_teachers_own_attention_changes_no_translation(overfit_teacher):
+    t = overfit_teacher
+    slots = {("encoder", i, "ALR"): t.model.encoder.layers[i].self_attn_block.attn for i in range(t.cfg.n_enc)}
+    slots.update({("decoder", i, "ALR"): t.model.decoder.layers[i].self_attn_block.attn for i in range(t.cfg.n_dec)})
+    slots.update({("cross", i, "ALR"): t.model.decoder.layers[i].cross_attn_block.attn for i in range(t.cfg.n_dec)})
+    wrapped = install(t.model, {k: TeacherAttention(v) for k, v in slots.items()}).eval()
+    src = t.data["train"].src[:60]
+    assert translate(wrapped, t.tokenizers, src) == translate(t.model, t.tokenizers, src)

@@ -1,0 +1,123 @@
+"""Training the teacher: it learns, resumes exactly, and refuses what does not match."""
+import json
+
+import pytest
+import torch
+
+from ffattn import experiments
+from ffattn.config import get_config
+from ffattn.data import prepare
+from ffattn.evaluate import score
+from ffattn.decode import translate
+from ffattn.train import lr_at, train_teacher
+
+from conftest import OVERFIT
+
+
+def test_tiny_model_overfits_150_pairs(overfit_teacher):
+    t = overfit_teacher
+    train = t.data["train"]
+    hyps = translate(t.model, t.tokenizers, train.src)
+    bleu = score(hyps, train.tgt)["bleu"]
+    assert len(train) >= 140
+    assert bleu > 90, f"BLEU {bleu} on the training pairs"
+    losses = [row["train_loss"] for row in t.history]
+    assert losses[-1] < losses[0] / 5
+
+
+def test_loaded_teacher_is_the_trained_one(overfit_teacher):
+    t = overfit_teacher
+    again = experiments.teacher(t.cfg, progress=False)  # loads, does not retrain
+    assert again.history == t.history
+    for a, b in zip(again.model.state_dict().values(), t.model.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_resume_after_interruption_gives_the_same_weights(tmp_path, monkeypatch):
+    monkeypatch.setenv("FFATTN_RUNS", str(tmp_path))
+    cfg = get_config("tiny", **{**OVERFIT, "epochs": 3, "dropout": 0.1})
+    data = prepare(cfg)
+    straight, _ = train_teacher(cfg, data, tmp_path / "a", progress=False)
+    train_teacher(cfg, data, tmp_path / "b", progress=False, stop_after_epoch=1)  # "interrupted"
+    assert torch.load(tmp_path / "b" / "teacher.pt", weights_only=True)["epoch"] == 1
+    resumed, history = train_teacher(cfg, data, tmp_path / "b", progress=False)
+    assert [r["epoch"] for r in history] == [1, 2, 3]
+    for a, b in zip(straight.state_dict().values(), resumed.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_checkpoint_of_another_config_is_refused(overfit_teacher, tmp_path):
+    t = overfit_teacher
+    other = t.cfg.replace(d_model=32)
+    target = tmp_path / "teacher.pt"
+    target.write_bytes((t.run_dir / "teacher.pt").read_bytes())
+    with pytest.raises(ValueError, match="another config.*d_model"):
+        train_teacher(other, t.data, tmp_path, progress=False)
+
+
+def test_corrupt_checkpoint_gives_a_clear_error(overfit_teacher, tmp_path):
+    (tmp_path / "teacher.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(RuntimeError, match="damaged.*delete it"):
+        train_teacher(overfit_teacher.cfg, overfit_teacher.data, tmp_path, progress=False)
+
+
+def test_run_folder_of_another_config_is_not_mixed(overfit_teacher):
+    t = overfit_teacher
+    config_json = t.run_dir / "config.json"
+    saved = config_json.read_text()
+    try:
+        bad = json.loads(saved)
+        bad["d_model"] = 999
+        config_json.write_text(json.dumps(bad))
+        with pytest.raises(ValueError, match="another config"):
+            experiments.teacher(t.cfg, progress=False)
+    finally:
+        config_json.write_text(saved)
+
+
+def test_empty_and_single_sentences(overfit_teacher):
+    t = overfit_teacher
+    out = translate(t.model, t.tokenizers, ["", t.data["train"].src[0]])
+    assert len(out) == 2 and isinstance(out[0], str)
+    with pytest.raises(TypeError, match="list of sentences"):
+        translate(t.model, t.tokenizers, "ein Satz")
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(pair="de-xx"), r"unknown pair 'de-xx'; choose one of: de-en, en-de, fr-en, en-fr"),
+    (dict(corpus="wmt14"), r"unknown corpus 'wmt14'; choose one of: multi30k, iwslt2017"),
+    (dict(d_modle=64), r"unknown setting\(s\) \['d_modle'\]; valid settings: .*d_model"),
+    (dict(d_model=60, n_heads=8), r"d_model=60 is not divisible by n_heads=8"),
+    (dict(epochs="three"), r"epochs='three' is not a valid int"),
+])
+def test_bad_settings_name_the_value_and_the_choices(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        get_config("tiny", **kwargs)
+
+
+def test_unknown_preset():
+    with pytest.raises(ValueError, match=r"unknown preset 'huge'; choose one of: tiny, small, paper"):
+        get_config("huge")
+
+
+def test_config_key_covers_what_the_teacher_depends_on():
+    a = get_config("tiny")
+    assert a.teacher_key() == get_config("tiny").teacher_key()
+    assert a.teacher_key() != a.replace(epochs=6).teacher_key()
+    assert a.teacher_key() != a.replace(pair="fr-en").teacher_key()
+    assert a.teacher_key() == a.replace(beam=4, distill_epochs=3).teacher_key()  # eval/distill only
+    assert a.distill_key() != a.replace(distill_epochs=3).distill_key()
+
+
+def test_learning_rate_schedule_warms_up_then_decays():
+    lrs = [lr_at(s, 128, 100, 1.0) for s in range(1, 1000)]
+    peak = max(range(len(lrs)), key=lrs.__getitem__) + 1
+    assert peak == 100
+    assert lrs[0] < lrs[50] < lrs[99] and lrs[99] > lrs[500] > lrs[998]
+
+
+def test_cli_rejects_bad_values(capsys):
+    from ffattn.__main__ import main
+    with pytest.raises(SystemExit):
+        main(["teacher", "--preset", "tiny", "--pair", "xx-yy"])
+    assert "unknown pair 'xx-yy'" in capsys.readouterr().err
