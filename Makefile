@@ -20,8 +20,8 @@ teacher: venv
 
 book: venv
 	@start=$$(date +%s); \
-	FFATTN_PRESET=$(PRESET) $(VENV)/bin/jupyter-book build . --path-output _build/$(PRESET) || exit 1; \
-	echo "book built at preset $(PRESET) in $$(( $$(date +%s) - start )) s: $(CURDIR)/_build/$(PRESET)/_build/html/index.html"
+	FFATTN_PRESET=$(PRESET) $(VENV)/bin/jupyter-book build . || exit 1; \
+	echo "book built at preset $(PRESET) in $$(( $$(date +%s) - start )) s: $(CURDIR)/_build/html/index.html"
 
 unit: venv
 	$(PY) -m pytest tests -q
@@ -29,8 +29,12 @@ unit: venv
 chapters: venv
 	FFATTN_PRESET=tiny $(PY) -m pytest --nbval-lax book -q -p no:cacheprovider
 
+# unit tests; every chapter under nbval at tiny (trains and caches what the chapters need);
+# a papermill rerun; then the book build (loads the cache) and a check of the built pages.
 test: venv
-	FFATTN_PRESET=tiny $(PY) -m pytest tests book --nbval-lax -q
+	FFATTN_PRESET=tiny $(PY) -m pytest tests book --nbval-lax -q -p no:cacheprovider
+	$(MAKE) book PRESET=tiny
+	FFATTN_BOOK_HTML=$(CURDIR)/_build/html $(PY) -m pytest tests/test_built_book.py -q -p no:cacheprovider
 
 clean:
 	rm -rf _build runs

@@ -42,6 +42,7 @@ class Config:
     max_len: int = _f(50, "data", "MAX_LEN: longest training sentence in tokens; FF input width")
     batch_tokens: int = _f(1500, "data", "tokens per batch: batch x max(src, tgt+2) <= this")
     train_limit: int = _f(0, "data", "use only the first N training pairs (0: all)")
+    valid_limit: int = _f(0, "data", "use only the first N validation pairs (0: all)")
     # model
     d_model: int = _f(64, "model", "width of the residual stream")
     n_heads: int = _f(4, "model", "attention heads")
@@ -52,7 +53,7 @@ class Config:
     # train
     epochs: int = _f(5, "train", "teacher training epochs")
     warmup: int = _f(400, "train", "warmup steps of the inverse-square-root schedule")
-    lr_factor: float = _f(2.0, "train", "scale of the schedule d^-0.5 * min(s^-0.5, s*w^-1.5)")
+    lr_factor: float = _f(1.0, "train", "scale of the schedule d^-0.5 * min(s^-0.5, s*w^-1.5)")
     label_smoothing: float = _f(0.1, "train", "label smoothing of the cross-entropy")
     seed: int = _f(0, "train", "seed of weights, dropout and batch order")
     # decode (evaluation only: not part of the teacher's key)
@@ -60,10 +61,10 @@ class Config:
     length_penalty: float = _f(0.6, "decode", "GNMT length penalty alpha for beam search")
     valid_bleu_sentences: int = _f(200, "decode", "validation sentences decoded per epoch for BLEU (0: none)")
     # distill
-    distill_epochs: int = _f(10, "distill", "epochs of each replacement network")
-    distill_batch: int = _f(256, "distill", "sentences per distillation batch")
-    distill_sentences: int = _f(0, "distill", "training sentences recorded from the teacher (0: all)")
-    lr_alr: float = _f(1e-4, "distill", "constant learning rate of ALR students (paper)")
+    distill_epochs: int = _f(4, "distill", "epochs of each replacement network")
+    distill_batch: int = _f(128, "distill", "sentences per distillation batch")
+    distill_sentences: int = _f(5000, "distill", "training sentences recorded from the teacher (0: all)")
+    lr_alr: float = _f(1e-3, "distill", "constant learning rate of ALR students (paper: 1e-4 over far more steps)")
     lr_other: float = _f(1e-3, "distill", "constant learning rate of ALRR, ASLR, ELR (paper)")
 
     def __post_init__(self):
@@ -115,12 +116,12 @@ PRESET_VALUES = {
     "tiny": dict(),
     # The CPU edition of the book: under an hour on 2 cores.
     "small": dict(vocab_size=8000, d_model=128, n_heads=8, d_ff=512, n_enc=3, n_dec=3,
-                  epochs=12, warmup=800, lr_factor=2.0, distill_epochs=20,
+                  epochs=10, warmup=800, lr_factor=1.0, distill_sentences=4000, distill_epochs=3,
                   valid_bleu_sentences=300),
     # The paper's teacher: 6+6 layers, d_model 128, 8 heads, FF 512, MAX_LEN 50, 20 epochs.
     "paper": dict(corpus="iwslt2017", vocab_size=16000, d_model=128, n_heads=8, d_ff=512,
                   n_enc=6, n_dec=6, epochs=20, warmup=4000, lr_factor=1.0, distill_epochs=30,
-                  distill_batch=2000, valid_bleu_sentences=888),
+                  distill_batch=2000, distill_sentences=0, lr_alr=1e-4, valid_bleu_sentences=888),
 }
 
 

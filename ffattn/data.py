@@ -703,6 +703,8 @@ def prepare(cfg, splits: Sequence[str] = ("train", "valid", "test"),
             src, tgt = load_corpus(cfg.corpus, cfg.pair, split)
             if split == "train" and cfg.train_limit > 0:
                 src, tgt = src[:cfg.train_limit], tgt[:cfg.train_limit]
+            if split == "valid" and cfg.valid_limit > 0:
+                src, tgt = src[:cfg.valid_limit], tgt[:cfg.valid_limit]
             cache[split] = (src, tgt)
         return cache[split]
 
