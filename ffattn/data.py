@@ -40,10 +40,8 @@ import numpy as np
 import sentencepiece as spm
 import torch
 
+from .config import CORPORA, PAIRS
 from .model import BOS, EOS, PAD, UNK
-
-CORPORA = ("multi30k", "iwslt2017")
-PAIRS = ("de-en", "en-de", "fr-en", "en-fr")
 
 # Multi30k: split name -> file stem. "test" is the usual test set (the 2016 Flickr one).
 MULTI30K_SPLITS = {

@@ -221,7 +221,7 @@ def train_students(teacher, students: list[Student], rec_train: Recording, rec_v
         if todo:
             first = min(state[s]["epoch"] for s in todo)
             bar = tqdm(range(first, cfg.distill_epochs), desc=f"distilling {_name(source)} "
-                       f"({', '.join(s.scheme + '-' + s.size for s in todo)})",
+                       f"({', '.join(s.where + ' ' + s.scheme + '-' + s.size for s in todo)})",
                        disable=not progress, leave=False)
             for epoch in bar:
                 active = [s for s in todo if state[s]["epoch"] == epoch]
