@@ -61,9 +61,9 @@ class Config:
     length_penalty: float = _f(0.6, "decode", "GNMT length penalty alpha for beam search")
     valid_bleu_sentences: int = _f(200, "decode", "validation sentences decoded per epoch for BLEU (0: none)")
     # distill
-    distill_epochs: int = _f(4, "distill", "epochs of each replacement network")
+    distill_epochs: int = _f(3, "distill", "epochs of each replacement network")
     distill_batch: int = _f(128, "distill", "sentences per distillation batch")
-    distill_sentences: int = _f(5000, "distill", "training sentences recorded from the teacher (0: all)")
+    distill_sentences: int = _f(3000, "distill", "training sentences recorded from the teacher (0: all)")
     lr_alr: float = _f(1e-3, "distill", "constant learning rate of ALR students (paper: 1e-4 over far more steps)")
     lr_other: float = _f(1e-3, "distill", "constant learning rate of ALRR, ASLR, ELR (paper)")
 
