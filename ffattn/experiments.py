@@ -130,9 +130,19 @@ def distill_dir(t: Teacher) -> Path:
     return t.run_dir / f"distill-{t.cfg.distill_key()}"
 
 
-def recordings(t: Teacher, sources, progress: bool = True):
-    """The teacher's recorded activations on (a prefix of) train and on valid, cached."""
+def all_sources(cfg) -> set:
+    """Every recording a student of this teacher can learn from (one per layer and kind)."""
+    enc = {("encoder", i, sc) for i in range(cfg.n_enc) for sc in ("ALR", "ALRR", "ELR")}
+    return enc | {(w, i, "ALR") for i in range(cfg.n_dec) for w in ("decoder", "cross")}
+
+
+def recordings(t: Teacher, sources=None, progress: bool = True):
+    """The teacher's recorded activations on (a prefix of) train and on valid, cached.
+
+    Always records every source (`all_sources`), so asking for other students later never
+    rewrites a recording another run may be reading; `sources` is accepted for clarity."""
     from .distill import record
+    sources = all_sources(t.cfg)
     train = t.data["train"]
     n = t.cfg.distill_sentences or len(train)
     folder = distill_dir(t) / "recordings"
@@ -256,3 +266,8 @@ def _reproduce_cli(cfg, args):
 
 CLI_COMMANDS = {"reproduce": ("train or load the whole grid of replacements and write the results tables",
                               _reproduce_args, _reproduce_cli)}
+
+from .cost import _bench_args, _bench_cli  # noqa: E402  (cost imports experiments lazily)
+
+CLI_COMMANDS["bench"] = ("measure parameters, FLOPs, CPU latency and memory of the teacher and grid cells; "
+                         "write bench.json and print the tables", _bench_args, _bench_cli)

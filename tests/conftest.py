@@ -22,7 +22,7 @@ def _offline_env(tmp_path_factory):
 
 # A config small enough to overfit 150 sentence pairs in well under a minute on 2 cores.
 OVERFIT = dict(train_limit=150, valid_limit=100, vocab_size=400, d_model=64, n_heads=4, d_ff=128, n_enc=2, n_dec=2,
-               dropout=0.0, epochs=60, warmup=60, lr_factor=2.0, label_smoothing=0.0,
+               dropout=0.0, epochs=60, warmup=60, lr_factor=1.0, label_smoothing=0.0,
                valid_bleu_sentences=0, max_len=50, batch_tokens=600)
 
 

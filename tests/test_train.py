@@ -57,7 +57,7 @@ def test_checkpoint_of_another_config_is_refused(overfit_teacher, tmp_path):
 
 def test_corrupt_checkpoint_gives_a_clear_error(overfit_teacher, tmp_path):
     (tmp_path / "teacher.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(RuntimeError, match="damaged.*delete it"):
+    with pytest.raises(RuntimeError, match=r"(?s)damaged.*delete it"):
         train_teacher(overfit_teacher.cfg, overfit_teacher.data, tmp_path, progress=False)
 
 
@@ -106,7 +106,7 @@ def test_config_key_covers_what_the_teacher_depends_on():
     assert a.teacher_key() != a.replace(epochs=6).teacher_key()
     assert a.teacher_key() != a.replace(pair="fr-en").teacher_key()
     assert a.teacher_key() == a.replace(beam=4, distill_epochs=3).teacher_key()  # eval/distill only
-    assert a.distill_key() != a.replace(distill_epochs=3).distill_key()
+    assert a.distill_key() != a.replace(distill_epochs=7).distill_key()
 
 
 def test_learning_rate_schedule_warms_up_then_decays():
