@@ -126,10 +126,8 @@ def plot_groups(df: pd.DataFrame, size: str = "L", pair: str | None = None, ax=N
 
 def write_report(df: pd.DataFrame, folder: Path) -> dict:
     """results.csv, results.md and one PNG per figure and pair, in `folder`."""
-    import matplotlib
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: leaves the caller's backend alone
 
-    matplotlib.use("Agg", force=False)
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     df.to_csv(folder / "results.csv", index=False)
@@ -137,11 +135,11 @@ def write_report(df: pd.DataFrame, folder: Path) -> dict:
     files = {"csv": folder / "results.csv", "md": folder / "results.md"}
     for pair in df.pair.unique():
         for name, fn in (("sizes", plot_sizes), ("groups", plot_groups)):
-            fig, ax = plt.subplots(figsize=(7, 4))
+            fig = Figure(figsize=(7, 4))
+            ax = fig.subplots()
             fn(df, pair=pair, ax=ax)
             fig.tight_layout()
             path = folder / f"{name}-{pair}.png"
             fig.savefig(path, dpi=120)
-            plt.close(fig)
             files[f"{name}-{pair}"] = path
     return files
