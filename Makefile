@@ -32,7 +32,8 @@ chapters: venv
 # unit tests; every chapter under nbval at tiny (trains and caches what the chapters need);
 # a papermill rerun; then the book build (loads the cache) and a check of the built pages.
 test: venv
-	FFATTN_PRESET=tiny $(PY) -m pytest tests book --nbval-lax -q -p no:cacheprovider
+	$(PY) -m pytest tests -q -p no:cacheprovider
+	FFATTN_PRESET=tiny $(PY) -m pytest --nbval-lax book -q -p no:cacheprovider
 	$(MAKE) book PRESET=tiny
 	FFATTN_BOOK_HTML=$(CURDIR)/_build/html $(PY) -m pytest tests/test_built_book.py -q -p no:cacheprovider
 
