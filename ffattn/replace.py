@@ -310,7 +310,21 @@ class CausalFFSelfAttention(_Slot):
         return _causal_pass(self.ff, x, x_pad, self.max_len, state)
 
 
-class FFCrossAttention(_Slot):
+class _CrossSlot(_Slot):
+    """A cross-attention slot: the flattened memory (W) and decoder stream (W) in, W out."""
+
+    def __init__(self, d_model: int, max_len: int, hidden: int, out_proj: nn.Module | None = None):
+        super().__init__(d_model, max_len, out_proj)
+        W = max_len * d_model
+        self.ff = ShallowFF(2 * W, hidden, W)
+
+
+def _need_memory(memory) -> None:
+    if memory is None:
+        raise ValueError("a cross-attention replacement needs the encoder output (memory)")
+
+
+class FFCrossAttention(_CrossSlot):
     """ALR for cross-attention, the paper's form: [memory (W), decoder stream (W)] -> W.
 
     Not causal, as in the paper: trained on whole teacher-forced targets, while in
@@ -318,14 +332,8 @@ class FFCrossAttention(_Slot):
     With `state` it keeps the decoder inputs seen so far and returns the newest positions.
     """
 
-    def __init__(self, d_model: int, max_len: int, hidden: int, out_proj: nn.Module | None = None):
-        super().__init__(d_model, max_len, out_proj)
-        W = max_len * d_model
-        self.ff = ShallowFF(2 * W, hidden, W)
-
     def forward_heads(self, x, x_pad, memory=None, memory_pad=None, state=None):
-        if memory is None:
-            raise ValueError("a cross-attention replacement needs the encoder output (memory)")
+        _need_memory(memory)
         T = x.shape[1]
         x = _zero(x, x_pad)
         if state is not None:  # decoding: the prefix so far, zeros beyond it
@@ -338,21 +346,15 @@ class FFCrossAttention(_Slot):
         return self._unflat(y, T, x_pad, start=x.shape[1] - T)
 
 
-class CausalFFCrossAttention(_Slot):
+class CausalFFCrossAttention(_CrossSlot):
     """ALR for cross-attention, causal: position i sees all of the memory and decoder <= i.
 
     Same one-pass prefix sums as CausalFFSelfAttention; the memory's projection and
     LayerNorm statistics (the LN spans all 2W inputs) are one constant per sentence.
     """
 
-    def __init__(self, d_model: int, max_len: int, hidden: int, out_proj: nn.Module | None = None):
-        super().__init__(d_model, max_len, out_proj)
-        W = max_len * d_model
-        self.ff = ShallowFF(2 * W, hidden, W)
-
     def forward_heads(self, x, x_pad, memory=None, memory_pad=None, state=None):
-        if memory is None:
-            raise ValueError("a cross-attention replacement needs the encoder output (memory)")
+        _need_memory(memory)
         return _causal_pass(self.ff, x, x_pad, self.max_len, state, memory, memory_pad)
 
 
