@@ -100,14 +100,15 @@ def attention_flops(d: int, q: int, k: int, kv: int | None = None) -> int:
 def _causal_ff_flops(ff: ShallowFF, d: int, T: int, mode: str, memory: bool) -> int:
     """The one-pass causal FF (`replace._causal_pass`) over T positions.
 
-    Per call: each position's block of fc1 (2dh), the two matrix-vector products A b and A g
-    over all D inputs (4hD), each position's rows of fc2 (2hd); with memory (cross), the
-    memory's projection once per sentence (2 W h). Step by step (greedy) every step is a call.
+    Each position's block of fc1 (2dh) and its rows of fc2 (2hd); once per sentence, the two
+    weight-only matrix-vector products A b and A g over all D inputs (4hD: step by step they
+    are computed at the first step and kept in the state) and, with memory (cross), the
+    memory's projection (2 W h). So every greedy step after the first costs the same 4dh.
     """
     h, D = ff.fc1.out_features, ff.fc1.in_features
     W = ff.fc2.out_features
-    calls = T if mode == "greedy" else 1
-    return 2 * T * d * h + calls * 4 * h * D + 2 * T * h * d + (2 * W * h if memory and T else 0)
+    once = (4 * h * D + (2 * W * h if memory else 0)) if T else 0
+    return 2 * T * d * h + 2 * T * h * d + once
 
 
 def _slot_flops(m: nn.Module, side: str, S: int, T: int, mode: str) -> int:

@@ -188,6 +188,17 @@ def new_student(teacher, student: Student, max_len: int, seed: int = 0):
     return build_replacement(teacher, student.where, student.layer, student.scheme, student.size, max_len)
 
 
+def _adam(params, lr: float) -> torch.optim.Adam:
+    """Adam(0.9, 0.98, eps 1e-9); the fused kernel where this torch has one for the device.
+
+    A size-L student has tens of millions of parameters: on 2 CPU cores the unfused update
+    took 0.33 s per step against 0.05 s fused, a third of each step's time."""
+    try:
+        return torch.optim.Adam(params, lr=lr, betas=(0.9, 0.98), eps=1e-9, fused=True)
+    except (RuntimeError, TypeError, ValueError):  # older torch, or no fused kernel here
+        return torch.optim.Adam(params, lr=lr, betas=(0.9, 0.98), eps=1e-9)
+
+
 def train_students(teacher, students: list[Student], rec_train: Recording, rec_valid: Recording,
                    cfg, folder: Path, progress: bool = True) -> dict:
     """Train (or resume, or load) every student; returns {Student: (module, history)}.
@@ -205,8 +216,7 @@ def train_students(teacher, students: list[Student], rec_train: Recording, rec_v
         state = {}
         for s in members:
             module = new_student(teacher, s, cfg.max_len, cfg.seed)
-            opt = torch.optim.Adam([p for p in module.parameters() if p.requires_grad], lr=s.lr(cfg),
-                                   betas=(0.9, 0.98), eps=1e-9)
+            opt = _adam([p for p in module.parameters() if p.requires_grad], s.lr(cfg))
             epoch, history = 0, []
             path = folder / f"{s.name}.pt"
             if path.exists():

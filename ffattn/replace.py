@@ -231,7 +231,8 @@ def _causal_pass(ff: ShallowFF, x, x_pad, max_len: int, state=None, memory=None,
     of fc2 that produce block i.
 
     With `state` (a dict), the prefix sums continue from the previous call and are stored
-    back: step-by-step decoding keeps three running sums and a position counter, no cache.
+    back: step-by-step decoding keeps three running sums, a position counter and the two
+    weight-only vectors (A b + bias, A g), no cache that grows.
     """
     B, T, d = x.shape
     D, h = ff.fc1.in_features, ff.fc1.out_features
@@ -264,10 +265,18 @@ def _causal_pass(ff: ShallowFF, x, x_pad, max_len: int, state=None, memory=None,
     if state is not None:
         state.update(proj=proj[:, -1], s1=s1[:, -1], s2=s2[:, -1], pos=start + T)
 
+    # A b + fc1.bias and A g depend on the weights only: while decoding, computed at the
+    # first step and kept (they would otherwise be most of each step's work)
+    consts = None if state is None else state.get("consts")
+    if consts is None:
+        consts = (A @ b + ff.fc1.bias, A @ g)
+        if state is not None:
+            state["consts"] = consts
+    bias, Ag = consts
     mean = s1 / D
     rstd = torch.rsqrt((s2 / D - mean.square()).clamp_min(0) + ff.ln_in.eps)
     # rstd * (proj - mean * A g) + A b + fc1.bias, in two fused passes over (B, T, h)
-    pre = torch.addcmul(A @ b + ff.fc1.bias, (-rstd * mean)[..., None], A @ g)
+    pre = torch.addcmul(bias, (-rstd * mean)[..., None], Ag)
     pre = torch.addcmul(pre, rstd[..., None], proj)
     a = ff.ln_hidden(ff.act(pre))  # (B, T, h)
     W2 = ff.fc2.weight.view(max_len, -1, h)[start:start + T]  # rows of block i, per i

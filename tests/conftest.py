@@ -36,3 +36,21 @@ def overfit_teacher(_offline_env, tmp_path_factory):
     t = experiments.teacher(get_config("tiny", **OVERFIT), progress=False)
     yield t
     mp.undo()
+
+
+# A teacher that generalises a little: 3000 pairs, a few epochs (about a minute on 2 cores).
+# Its validation sentences are a real held-out set, unlike the overfit teacher's.
+GENERAL = dict(train_limit=3000, valid_limit=200, vocab_size=1000, dropout=0.0, epochs=6, warmup=200,
+               valid_bleu_sentences=0, distill_sentences=0, distill_epochs=4, distill_batch=64)
+
+
+@pytest.fixture(scope="session")
+def general_teacher(_offline_env, tmp_path_factory):
+    """A tiny teacher trained on 3000 Multi30k pairs: held-out checks of distillation use it."""
+    from ffattn import experiments
+    from ffattn.config import get_config
+    mp = pytest.MonkeyPatch()
+    mp.setenv("FFATTN_RUNS", str(tmp_path_factory.mktemp("general-runs")))
+    t = experiments.teacher(get_config("tiny", **GENERAL), progress=False)
+    yield t
+    mp.undo()

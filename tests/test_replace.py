@@ -178,8 +178,9 @@ def test_incremental_equals_one_pass(cls):
         # the one-pass form on the prefix (for the paper's cross form: zeros beyond step t)
         full = mod(x[:, :t + 1], x_pad[:, :t + 1], mem, mem_pad)
         torch.testing.assert_close(step[:, 0], full[:, t], rtol=0, atol=1e-10)
-    if cls is not FFCrossAttention:  # running sums only, no growing cache
-        assert set(state) == {"proj", "s1", "s2", "pos"} and state["pos"] == L
+    if cls is not FFCrossAttention:  # running sums and two weight-only vectors, no growing cache
+        assert set(state) == {"proj", "s1", "s2", "pos", "consts"} and state["pos"] == L
+        assert [c.shape for c in state["consts"]] == [(12,), (12,)]
     with pytest.raises(ValueError, match=f"{L + 1}.*max_len={L}"):
         mod(x[:, :1], x_pad[:, :1], mem, mem_pad, state=state)
 
