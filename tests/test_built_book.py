@@ -34,3 +34,13 @@ def test_every_page_is_built_without_errors(page):
         nb = (ROOT / f"{page}.ipynb").read_text()
         if "plt." in nb or "plot_" in nb:
             assert re.search(r"<img[^>]+\.png", html), f"{page}: no figure"
+
+
+@pytest.mark.parametrize("page", [f for f in toc_files() if (ROOT / f"{f}.ipynb").exists()])
+def test_markdown_outputs_render_as_tables_not_pipes(page):
+    """A table a chapter displays as Markdown must come out as an HTML table, not as a
+    paragraph of '|' characters (myst-nb renders Markdown outputs as CommonMark unless told)."""
+    html = (Path(HTML) / f"{page}.html").read_text()
+    assert not re.search(r"<p>\|[^<]*\|---", html), f"{page}: a Markdown table rendered as text"
+    if "report.markdown_report" in (ROOT / f"{page}.ipynb").read_text():
+        assert html.count("<table") >= 4, f"{page}: the results tables are missing"
