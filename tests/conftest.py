@@ -51,6 +51,7 @@ def general_teacher(_offline_env, tmp_path_factory):
     from ffattn.config import get_config
     mp = pytest.MonkeyPatch()
     mp.setenv("FFATTN_RUNS", str(tmp_path_factory.mktemp("general-runs")))
-    t = experiments.teacher(get_config("tiny", **GENERAL), progress=False)
-    yield t
-    mp.undo()
+    try:  # the teacher keeps its run folder; the other tests keep their FFATTN_RUNS
+        return experiments.teacher(get_config("tiny", **GENERAL), progress=False)
+    finally:
+        mp.undo()
