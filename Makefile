@@ -1,4 +1,5 @@
-# make book: the book, every chapter executed at PRESET (tiny by default; small = CPU edition)
+# make book: the book, every chapter executed at PRESET (tiny by default; small = CPU edition);
+# --all: every page is rebuilt, so numbers never come from an older run of the package
 # make test: unit tests, then every chapter under nbval at tiny
 PRESET ?= tiny
 VENV   := .venv
@@ -20,7 +21,7 @@ teacher: venv
 
 book: venv
 	@start=$$(date +%s); \
-	FFATTN_PRESET=$(PRESET) $(VENV)/bin/jupyter-book build . || exit 1; \
+	FFATTN_PRESET=$(PRESET) $(VENV)/bin/jupyter-book build --all . || exit 1; \
 	echo "book built at preset $(PRESET) in $$(( $$(date +%s) - start )) s: $(CURDIR)/_build/html/index.html"
 
 unit: venv
