@@ -5,6 +5,9 @@ PRESET ?= tiny
 VENV   := .venv
 PY     := $(VENV)/bin/python
 export FFATTN_RUNS ?= $(CURDIR)/runs
+ifdef FFATTN_DATA  # the chapters run in book/: a path relative to here must not break there
+export FFATTN_DATA := $(abspath $(FFATTN_DATA))
+endif
 export PYTHONWARNINGS ?= ignore::DeprecationWarning
 
 .PHONY: book test unit chapters teacher clean venv
