@@ -456,30 +456,6 @@ def default_cells(cfg) -> list:
     return [c for c in grid(cfg) if c.name in keep]
 
 
-def cached_students(t, wanted) -> dict:
-    """{Student: (module, history)} like `experiments.students`, but loaded straight from the
-    finished checkpoints, without touching the teacher's recordings (which `students` rebuilds
-    whenever it is asked for another set of students); any student not finished yet is trained
-    through `experiments.students`."""
-    from . import experiments
-    from .distill import new_student
-    folder = experiments.distill_dir(t) / "students"
-    device = next(t.model.parameters()).device
-    out, missing = {}, []
-    for s in set(wanted):
-        path = folder / f"{s.name}.pt"
-        ck = torch.load(path, map_location="cpu", weights_only=True, mmap=True) if path.exists() else None
-        if ck is None or ck.get("distill_key") != t.cfg.distill_key() or ck["epoch"] < t.cfg.distill_epochs:
-            missing.append(s)
-            continue
-        module = new_student(t.model, s, t.cfg.max_len, t.cfg.seed)
-        module.load_state_dict(ck["model"])
-        out[s] = (module.to(device).eval(), ck["history"])
-    if missing:
-        out.update(experiments.students(t, missing, progress=False))
-    return out
-
-
 def bench_path(t) -> Path:
     from .experiments import distill_dir
     return distill_dir(t) / "bench.json"
@@ -528,7 +504,7 @@ def bench(cfg, cells=None, repeats: int | None = None, out: str | Path | None = 
         if old.get("bench_version") == BENCH_VERSION and [m["name"] for m in old.get("models", [])] == names:
             return old
     repeats = repeats or DEFAULT_REPEATS.get(cfg.preset, 3)
-    trained = cached_students(t, {s for c in cells if c.trained for s in c.students})
+    trained = experiments.students(t, {s for c in cells if c.trained for s in c.students}, progress=False)
     entries = [{"name": "teacher", "model": t.model, "group": "teacher", "scheme": "-", "size": "-",
                 "bleu": experiments.teacher_metrics(t, "test", progress=progress)["bleu"]}]
     for c in cells:
@@ -915,8 +891,8 @@ def mixing_agreement(teacher: Transformer, students: dict, src_ids, tgt_ids, lay
 # ----------------------------------------------------------------------------- inside: where it breaks
 
 def _masked_mse(a, b, pad) -> float:
-    real = (~pad)[..., None].to(a.dtype)
-    return float(((a - b) ** 2 * real).sum() / (real.sum() * a.shape[-1]))
+    from .distill import masked_mse
+    return float(masked_mse(a, b, pad))
 
 
 @torch.no_grad()

@@ -216,16 +216,20 @@ def train_students(teacher, students: list[Student], rec_train: Recording, rec_v
         state = {}
         for s in members:
             module = new_student(teacher, s, cfg.max_len, cfg.seed)
-            opt = _adam([p for p in module.parameters() if p.requires_grad], s.lr(cfg))
-            epoch, history = 0, []
+            epoch, history, opt_state = 0, [], None
             path = folder / f"{s.name}.pt"
             if path.exists():
                 ck = load_checkpoint(path)
                 if ck.get("distill_key") != cfg.distill_key():
                     raise ValueError(f"{path} was trained under other distillation settings; delete it")
                 module.load_state_dict(ck["model"])
-                opt.load_state_dict(ck["optimizer"])
-                epoch, history = ck["epoch"], ck["history"]
+                epoch, history, opt_state = ck["epoch"], ck["history"], ck["optimizer"]
+            opt = None  # a finished student is only loaded: no optimiser state kept in memory
+            if epoch < cfg.distill_epochs:
+                opt = _adam([p for p in module.parameters() if p.requires_grad], s.lr(cfg))
+                if opt_state is not None:
+                    opt.load_state_dict(opt_state)
+            del opt_state
             state[s] = dict(module=module, opt=opt, epoch=epoch, history=history, path=path)
         todo = [s for s in members if state[s]["epoch"] < cfg.distill_epochs]
         if todo:
