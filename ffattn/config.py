@@ -24,6 +24,9 @@ SIZES = ("XS", "S", "M", "L", "XL")
 
 # Bump when a change in the code makes old artifacts wrong: it is part of every cache key.
 ARTIFACT_VERSION = 1
+# Bump when students or their checkpoints change form: part of the students' key only, so the
+# teacher and its recordings stay valid (2: ASLR's heads batched, best-epoch students).
+STUDENT_VERSION = 2
 
 
 def _f(default, group, help):
@@ -61,9 +64,12 @@ class Config:
     length_penalty: float = _f(0.6, "decode", "GNMT length penalty alpha for beam search")
     valid_bleu_sentences: int = _f(200, "decode", "validation sentences decoded per epoch for BLEU (0: none)")
     # distill
-    distill_epochs: int = _f(3, "distill", "epochs of each replacement network")
+    distill_epochs: int = _f(12, "distill", "most epochs of each replacement network (the stopping rule's cap)")
+    distill_patience: int = _f(2, "distill", "stop a student after this many epochs without its held-out MSE "
+                               "improving by distill_min_delta (0: always run distill_epochs)")
+    distill_min_delta: float = _f(0.01, "distill", "relative improvement of the held-out MSE that counts as one")
     distill_batch: int = _f(128, "distill", "sentences per distillation batch")
-    distill_sentences: int = _f(3000, "distill", "training sentences recorded from the teacher (0: all)")
+    distill_sentences: int = _f(0, "distill", "training sentences recorded from the teacher (0: all)")
     lr_alr: float = _f(1e-3, "distill", "constant learning rate of ALR students (paper: 1e-4 over far more steps)")
     lr_other: float = _f(1e-3, "distill", "constant learning rate of ALRR, ASLR, ELR (paper)")
 
@@ -97,7 +103,7 @@ class Config:
 
     def distill_key(self) -> str:
         """Stable hash of the distillation settings (combined with the teacher's folder)."""
-        return _hash({"v": ARTIFACT_VERSION, **self.group("distill")})
+        return _hash({"v": ARTIFACT_VERSION, "students": STUDENT_VERSION, **self.group("distill")})
 
     def run_dir(self) -> Path:
         """runs/<corpus>-<pair>-<preset>-<hash>: the teacher's folder for this config."""
@@ -116,12 +122,11 @@ PRESET_VALUES = {
     "tiny": dict(),
     # The CPU edition of the book; the README has its measured times and scores on 2 cores.
     "small": dict(vocab_size=5000, d_model=128, n_heads=8, d_ff=512, n_enc=3, n_dec=3,
-                  dropout=0.1, epochs=12, warmup=800, lr_factor=1.0, distill_sentences=4000, distill_epochs=3,
-                  valid_bleu_sentences=300),
+                  dropout=0.1, epochs=12, warmup=800, lr_factor=1.0, valid_bleu_sentences=300),
     # The paper's teacher: 6+6 layers, d_model 128, 8 heads, FF 512, MAX_LEN 50, 20 epochs.
     "paper": dict(corpus="iwslt2017", vocab_size=16000, d_model=128, n_heads=8, d_ff=512,
-                  n_enc=6, n_dec=6, dropout=0.1, epochs=20, warmup=4000, lr_factor=1.0, distill_epochs=30,
-                  distill_batch=2000, distill_sentences=0, lr_alr=1e-4, valid_bleu_sentences=888),
+                  n_enc=6, n_dec=6, dropout=0.1, epochs=20, warmup=4000, lr_factor=1.0, distill_epochs=40,
+                  distill_batch=2000, lr_alr=1e-4, valid_bleu_sentences=888),
 }
 
 

@@ -128,7 +128,8 @@ def _slot_flops(m: nn.Module, side: str, S: int, T: int, mode: str) -> int:
     if isinstance(m, (FFSelfAttention, FFBlock)):  # FFLayer is an FFBlock
         return ff_flops(m.ff) + w_o
     if isinstance(m, FFSeparateHeads):
-        return sum(ff_flops(ff) for ff in m.heads) + w_o
+        f = m.heads
+        return 2 * f.n * (f.in_features * f.hidden + f.hidden * f.out_features) + w_o
     if isinstance(m, FFCrossAttention):  # the whole FF again at every decoding step
         return (T if mode == "greedy" else min(T, 1)) * ff_flops(m.ff) + w_o
     if isinstance(m, CausalFFSelfAttention):
@@ -742,8 +743,8 @@ def _analytic_jacobian(module, x: torch.Tensor) -> torch.Tensor | None:
     z = torch.cat([x.reshape(-1), x.new_zeros((module.max_len - T) * d)])
     if isinstance(module, FFSeparateHeads):
         dh = module.d_head
-        J = torch.stack([_shallow_ff_jacobian(ff, z, T * d, T * dh).view(T, dh, T, d)
-                         for ff in module.heads], 1).reshape(T, module.n_heads * dh, T, d)
+        J = torch.stack([_shallow_ff_jacobian(module.heads.as_ff(k), z, T * d, T * dh).view(T, dh, T, d)
+                         for k in range(module.n_heads)], 1).reshape(T, module.n_heads * dh, T, d)
     else:
         J = _shallow_ff_jacobian(module.ff, z, T * d, T * module.ff.fc2.out_features // module.max_len)
         J = J.view(T, -1, T, d)

@@ -60,7 +60,11 @@ def _name(source) -> str:
 
 
 class Recording:
-    """Teacher activations of N sentences: real tokens only, float16, memory-mapped."""
+    """Teacher activations of N sentences: real tokens only, float16, memory-mapped.
+
+    `batch` gathers a batch with one vectorised index per array (no Python loop over
+    sentences) and pads it to the longest sentence of the batch.
+    """
 
     def __init__(self, folder: Path):
         self.folder = Path(folder)
@@ -81,15 +85,15 @@ class Recording:
         return int(sum(a.nbytes for a in self.arrays.values()))
 
     def _gather(self, name, idx, lengths, offsets):
-        arr = self.arrays[name]
-        T = int(lengths[idx].max())
-        out = np.zeros((len(idx), T, arr.shape[1]), dtype=np.float32)
-        pad = np.ones((len(idx), T), dtype=bool)
-        for b, i in enumerate(idx):
-            n = lengths[i]
-            out[b, :n] = arr[offsets[i]:offsets[i] + n]
-            pad[b, :n] = False
-        return torch.from_numpy(out), torch.from_numpy(pad)
+        n = lengths[idx]
+        T = int(n.max())
+        pos = np.arange(T)
+        pad = pos[None, :] >= n[:, None]
+        rows = offsets[idx][:, None] + np.minimum(pos[None, :], n[:, None] - 1)  # padding repeats a real row
+        out = torch.from_numpy(np.ascontiguousarray(self.arrays[name][rows.ravel()]))
+        out = out.view(len(idx), T, -1).float()
+        pad = torch.from_numpy(pad)
+        return out.masked_fill_(pad[..., None], 0.0), pad
 
     def batch(self, source, idx) -> dict:
         """x, x_pad, memory, memory_pad, target for the sentences `idx` (padded to the longest)."""
@@ -170,15 +174,25 @@ def masked_mse(pred, target, pad) -> torch.Tensor:
 
 @torch.no_grad()
 def heldout_mse(module, rec: Recording, source, batch_size: int = 256) -> float:
+    """Masked MSE of a student over every sentence of a recording (the held-out one)."""
+    return _heldout(module, _batches(rec, source, batch_size))
+
+
+def _batches(rec: Recording, source, batch_size: int = 256) -> list[dict]:
+    return [rec.batch(source, np.arange(i, min(i + batch_size, len(rec)))) for i in range(0, len(rec), batch_size)]
+
+
+@torch.no_grad()
+def _heldout(module, batches) -> float:
+    was_training = module.training
     module.eval()
     total, n = 0.0, 0
-    for start in range(0, len(rec), batch_size):
-        idx = np.arange(start, min(start + batch_size, len(rec)))
-        b = rec.batch(source, idx)
+    for b in batches:
         pred = module.distill_forward(b["x"], b["x_pad"], b["memory"], b["memory_pad"])
         k = int((~b["x_pad"]).sum())
         total += masked_mse(pred, b["target"], b["x_pad"]).item() * k
         n += k
+    module.train(was_training)
     return total / max(n, 1)
 
 
@@ -199,12 +213,116 @@ def _adam(params, lr: float) -> torch.optim.Adam:
         return torch.optim.Adam(params, lr=lr, betas=(0.9, 0.98), eps=1e-9)
 
 
+# ----------------------------------------------------------------------------- when to stop
+
+def stop_reason(curve, patience: int, min_delta: float, cap: int) -> str | None:
+    """Why training stops after the held-out MSEs `curve` (one per epoch so far), or None.
+
+    "plateau": the last `patience` epochs did not lower the best MSE by a fraction
+    `min_delta` (patience 0: never); "cap": `cap` epochs have run. The student kept is the
+    one of the epoch with the lowest held-out MSE (`kept_epoch`).
+    """
+    if len(curve) >= cap:
+        return "cap"
+    if patience <= 0 or not curve:
+        return None
+    best, since = float("inf"), 0
+    for v in curve:
+        if v < best * (1 - min_delta):
+            best, since = v, 0
+        else:
+            since += 1
+            best = min(best, v)
+    return "plateau" if since >= patience else None
+
+
+def kept_epoch(history, patience: int = 1) -> int:
+    """The 1-based epoch whose weights a student keeps: with the stopping rule (patience > 0)
+    the one with the lowest held-out MSE; with a fixed number of epochs (patience 0, the
+    paper's practice) the last."""
+    if patience <= 0:
+        return len(history)
+    return 1 + int(np.argmin([h["heldout_mse"] for h in history]))
+
+
+def budget(history, patience: int = 1) -> dict:
+    """What a student's distillation cost and reached: one row of the budget tables."""
+    if not history:
+        return {"epochs": 0, "kept_epoch": 0, "steps": 0, "sentences_seen": 0, "seconds": 0.0,
+                "heldout_mse": float("nan")}
+    b = kept_epoch(history, patience)
+    return {"epochs": len(history), "kept_epoch": b, "steps": sum(h["steps"] for h in history),
+            "sentences_seen": sum(h["sentences"] for h in history),
+            "seconds": round(sum(h["seconds"] for h in history), 2),
+            "heldout_mse": history[b - 1]["heldout_mse"]}
+
+
+# ----------------------------------------------------------------------------- training
+
+def epoch_batches(lengths, batch: int, seed: int, epoch: int, pool: int = 32) -> list[np.ndarray]:
+    """The batches of one epoch: sentence indices, shuffled, then sorted by length within pools
+    of `pool` batches, so a batch holds sentences of similar length (the causal students'
+    work grows with the longest sentence of a batch), and the batches themselves shuffled.
+    The same seed and epoch give the same batches, so a resumed run repeats them."""
+    rng = np.random.default_rng([seed, epoch])
+    order = rng.permutation(len(lengths))
+    out = []
+    for p in range(0, len(order), pool * batch):
+        chunk = order[p:p + pool * batch]
+        chunk = chunk[np.argsort(lengths[chunk], kind="stable")]
+        out += [np.sort(chunk[i:i + batch]) for i in range(0, len(chunk), batch)]
+    return [out[i] for i in rng.permutation(len(out))]
+
+
+def _checkpoint(cfg, s: Student, path: Path, st: dict, finished: bool, stopped: str | None = None) -> None:
+    """An unfinished student keeps its optimiser (to resume) and its best weights so far; a
+    finished one is its best weights only (a third of the bytes)."""
+    ck = {"distill_key": cfg.distill_key(), "student": s.name, "epoch": st["epoch"], "history": st["history"],
+          "finished": finished}
+    if finished:
+        ck.update(model=st["best"] or st["module"].state_dict(), stopped=stopped)
+    else:
+        ck.update(model=st["module"].state_dict(), optimizer=st["opt"].state_dict(), best=st["best"])
+    save_atomic(ck, path)
+
+
+def _load_state(teacher, s: Student, cfg, folder: Path) -> dict:
+    """A student's state from its checkpoint, or a fresh one; finished students get no optimiser."""
+    module = new_student(teacher, s, cfg.max_len, cfg.seed)
+    path = Path(folder) / f"{s.name}.pt"
+    st = dict(module=module, opt=None, epoch=0, history=[], best=None, path=path, finished=False, stopped=None)
+    if path.exists():
+        ck = load_checkpoint(path)
+        if ck.get("distill_key") != cfg.distill_key():
+            raise ValueError(f"{path} was trained under other distillation settings; delete it")
+        module.load_state_dict(ck["model"])
+        st.update(epoch=ck["epoch"], history=ck["history"], finished=ck.get("finished", False),
+                  stopped=ck.get("stopped"), best=ck.get("best"))
+        if not st["finished"]:
+            st["opt"] = _adam([p for p in module.parameters() if p.requires_grad], s.lr(cfg))
+            st["opt"].load_state_dict(ck["optimizer"])
+        del ck
+    else:
+        st["opt"] = _adam([p for p in module.parameters() if p.requires_grad], s.lr(cfg))
+    return st
+
+
+def load_student(teacher, s: Student, cfg, folder: Path):
+    """(module, history) of a finished student, in eval mode; an error if it is not finished."""
+    st = _load_state(teacher, s, cfg, folder)
+    if not st["finished"]:
+        raise ValueError(f"student {s.name} is not trained yet in {folder}; train it with experiments.students")
+    return st["module"].eval(), st["history"]
+
+
 def train_students(teacher, students: list[Student], rec_train: Recording, rec_valid: Recording,
                    cfg, folder: Path, progress: bool = True) -> dict:
-    """Train (or resume, or load) every student; returns {Student: (module, history)}.
+    """Train (or resume) every unfinished student until it stops; returns {Student: history}.
 
-    Students that learn from the same recording share each batch; each has its own Adam and
-    a checkpoint per epoch in `folder/<name>.pt`, so an interrupted run resumes.
+    Students that learn from the same recording share each batch; each has its own Adam, stops
+    on its own (`stop_reason` on its held-out MSE after every epoch) and is checkpointed after
+    every epoch in `folder/<name>.pt`, so an interrupted run resumes. Only one recording's
+    students are in memory at a time; the caller loads finished ones with `load_student`.
     """
     folder = Path(folder)
     rec_train.device = rec_valid.device = next(teacher.parameters()).device
@@ -215,57 +333,70 @@ def train_students(teacher, students: list[Student], rec_train: Recording, rec_v
     for source, members in groups.items():
         state = {}
         for s in members:
-            module = new_student(teacher, s, cfg.max_len, cfg.seed)
-            epoch, history, opt_state = 0, [], None
             path = folder / f"{s.name}.pt"
-            if path.exists():
-                ck = load_checkpoint(path)
-                if ck.get("distill_key") != cfg.distill_key():
-                    raise ValueError(f"{path} was trained under other distillation settings; delete it")
-                module.load_state_dict(ck["model"])
-                epoch, history, opt_state = ck["epoch"], ck["history"], ck["optimizer"]
-            opt = None  # a finished student is only loaded: no optimiser state kept in memory
-            if epoch < cfg.distill_epochs:
-                opt = _adam([p for p in module.parameters() if p.requires_grad], s.lr(cfg))
-                if opt_state is not None:
-                    opt.load_state_dict(opt_state)
-            del opt_state
-            state[s] = dict(module=module, opt=opt, epoch=epoch, history=history, path=path)
-        todo = [s for s in members if state[s]["epoch"] < cfg.distill_epochs]
-        if todo:
-            first = min(state[s]["epoch"] for s in todo)
-            bar = tqdm(range(first, cfg.distill_epochs), desc=f"distilling {_name(source)} "
-                       f"({', '.join(s.where + ' ' + s.scheme + '-' + s.size for s in todo)})",
-                       disable=not progress, leave=False)
-            for epoch in bar:
-                active = [s for s in todo if state[s]["epoch"] == epoch]
-                seconds = {s: 0.0 for s in active}
-                losses = {s: [0.0, 0] for s in active}
-                for m in active:
-                    state[m]["module"].train()
-                order = np.random.default_rng([cfg.seed, epoch]).permutation(len(rec_train))
-                for start in range(0, len(order), cfg.distill_batch):
-                    b = rec_train.batch(source, np.sort(order[start:start + cfg.distill_batch]))
-                    for s in active:
-                        t0 = time.perf_counter()
-                        st = state[s]
-                        pred = st["module"].distill_forward(b["x"], b["x_pad"], b["memory"], b["memory_pad"])
-                        loss = masked_mse(pred, b["target"], b["x_pad"])
-                        st["opt"].zero_grad(set_to_none=True)
-                        loss.backward()
-                        st["opt"].step()
-                        seconds[s] += time.perf_counter() - t0
-                        losses[s][0] += loss.item()
-                        losses[s][1] += 1
-                for s in active:
+            if path.exists():  # finished students: read the history only, load no weights
+                ck = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+                if ck.get("finished") and ck.get("distill_key") == cfg.distill_key():
+                    out[s] = ck["history"]
+                    continue
+            state[s] = _load_state(teacher, s, cfg, folder)
+        todo = [s for s in members if s in state]
+        if not todo:
+            continue
+        valid = _batches(rec_valid, source)
+        bar = tqdm(desc=f"distilling {_name(source)} ({', '.join(s.where + ' ' + s.scheme + '-' + s.size for s in todo)})",
+                   total=cfg.distill_epochs, initial=min(state[s]["epoch"] for s in todo),
+                   unit="epoch", disable=not progress, leave=False)
+        active = list(todo)
+        while active:
+            epoch = min(state[s]["epoch"] for s in active)
+            stepping = [s for s in active if state[s]["epoch"] == epoch]
+            seconds = {s: 0.0 for s in stepping}
+            losses = {s: [0.0, 0] for s in stepping}
+            for s in stepping:
+                st = state[s]
+                st["module"].train()
+                # the weights going into this epoch are the best so far: keep a copy before they move
+                st["candidate"] = None if st["best"] is not None or not st["history"] else \
+                    {k: v.detach().clone() for k, v in st["module"].state_dict().items()}
+            lengths = rec_train.src_len if source[0] == "encoder" else rec_train.tgt_len
+            started = time.perf_counter()
+            for idx in epoch_batches(lengths, cfg.distill_batch, cfg.seed, epoch):
+                b = rec_train.batch(source, idx)
+                for s in stepping:
+                    t0 = time.perf_counter()
                     st = state[s]
-                    st["epoch"] = epoch + 1
-                    st["history"].append({"epoch": epoch + 1, "train_mse": losses[s][0] / losses[s][1],
-                                          "heldout_mse": heldout_mse(st["module"], rec_valid, source),
-                                          "seconds": seconds[s]})
-                    save_atomic({"distill_key": cfg.distill_key(), "student": s.name, "epoch": epoch + 1,
-                                 "model": st["module"].state_dict(), "optimizer": st["opt"].state_dict(),
-                                 "history": st["history"]}, st["path"])
-        for s in members:
-            out[s] = (state[s]["module"].eval(), state[s]["history"])
+                    pred = st["module"].distill_forward(b["x"], b["x_pad"], b["memory"], b["memory_pad"])
+                    loss = masked_mse(pred, b["target"], b["x_pad"])
+                    st["opt"].zero_grad(set_to_none=True)
+                    loss.backward()
+                    st["opt"].step()
+                    seconds[s] += time.perf_counter() - t0
+                    losses[s][0] += loss.item()
+                    losses[s][1] += 1
+            loading = time.perf_counter() - started - sum(seconds.values())  # gathering batches
+            for s in stepping:
+                st = state[s]
+                t0 = time.perf_counter()
+                mse = _heldout(st["module"], valid)
+                st["epoch"] = epoch + 1
+                st["history"].append({"epoch": epoch + 1, "train_mse": losses[s][0] / losses[s][1],
+                                      "heldout_mse": mse, "steps": losses[s][1], "sentences": len(rec_train),
+                                      "seconds": seconds[s], "heldout_seconds": time.perf_counter() - t0,
+                                      "loading_seconds": loading / len(stepping)})
+                if kept_epoch(st["history"], cfg.distill_patience) == st["epoch"]:
+                    st["best"] = None  # the current weights are the best
+                elif st["best"] is None:
+                    st["best"] = st["candidate"]
+                st["candidate"] = None
+                stopped = stop_reason([h["heldout_mse"] for h in st["history"]], cfg.distill_patience,
+                                      cfg.distill_min_delta, cfg.distill_epochs)
+                _checkpoint(cfg, s, st["path"], st, finished=stopped is not None, stopped=stopped)
+                if stopped:
+                    active.remove(s)
+                    out[s] = st["history"]
+                    del state[s]  # free its weights and optimiser
+            bar.update(1)
+            bar.set_postfix(students=len(active))
+        bar.close()
     return out

@@ -136,29 +136,48 @@ def all_sources(cfg) -> set:
     return enc | {(w, i, "ALR") for i in range(cfg.n_dec) for w in ("decoder", "cross")}
 
 
-def recordings(t: Teacher, sources=None, progress: bool = True):
-    """The teacher's recorded activations on (a prefix of) train and on valid, cached.
+def recordings(t: Teacher, sentences: int | None = None, progress: bool = True):
+    """The teacher's recorded activations on the first `sentences` training sentences (default:
+    the config's `distill_sentences`, 0 = all) and on the whole validation split, cached.
 
-    Always records every source (`all_sources`), so asking for other students later never
-    rewrites a recording another run may be reading; `sources` is accepted for clarity."""
+    A recording depends only on the teacher and the sentences recorded, so it lives in the
+    teacher's folder keyed by their count: changing any distillation setting (epochs, learning
+    rates, the stopping rule) never records the teacher again. It always holds every source
+    (`all_sources`), so asking for other students later never rewrites a recording another run
+    may be reading."""
     from .distill import record
     sources = all_sources(t.cfg)
-    train = t.data["train"]
-    n = t.cfg.distill_sentences or len(train)
-    folder = distill_dir(t) / "recordings"
-    rec_train = record(t.model, train.src_ids[:n], train.tgt_ids[:n], sources, folder / "train",
+    train, valid = t.data["train"], t.data["valid"]
+    n = sentences if sentences is not None else t.cfg.distill_sentences
+    n = min(n or len(train), len(train))
+    folder = t.run_dir / "recordings"
+    rec_train = record(t.model, train.src_ids[:n], train.tgt_ids[:n], sources, folder / f"train-{n}",
                        progress=progress)
-    valid = t.data["valid"]
-    rec_valid = record(t.model, valid.src_ids, valid.tgt_ids, sources, folder / "valid", progress=progress)
+    rec_valid = record(t.model, valid.src_ids, valid.tgt_ids, sources, folder / f"valid-{len(valid)}",
+                       progress=progress)
     return rec_train, rec_valid
 
 
-def students(t: Teacher, wanted, progress: bool = True) -> dict:
-    """Train or load students ({Student: (module, history)}) through the cache."""
-    from .distill import train_students
+def students_dir(t: Teacher) -> Path:
+    return distill_dir(t) / "students"
+
+
+def train_students(t: Teacher, wanted, progress: bool = True) -> dict:
+    """Train (or resume) every student of `wanted` not finished in the cache; {Student: history}.
+
+    Holds only one recording's students in memory at a time and returns no weights: the grid
+    loads each cell's students when it evaluates that cell."""
+    from .distill import train_students as train
     wanted = sorted(set(wanted), key=lambda s: s.name)
-    rec_train, rec_valid = recordings(t, {s.source for s in wanted}, progress)
-    return train_students(t.model, wanted, rec_train, rec_valid, t.cfg, distill_dir(t) / "students", progress)
+    rec_train, rec_valid = recordings(t, progress=progress)
+    return train(t.model, wanted, rec_train, rec_valid, t.cfg, students_dir(t), progress)
+
+
+def students(t: Teacher, wanted, progress: bool = True) -> dict:
+    """Train or load students through the cache: {Student: (module, history)}, all in memory."""
+    from .distill import load_student
+    train_students(t, wanted, progress)
+    return {s: load_student(t.model, s, t.cfg, students_dir(t)) for s in sorted(set(wanted), key=lambda s: s.name)}
 
 
 def cell_model(t: Teacher, cell: Cell, trained: dict | None = None):
@@ -191,39 +210,65 @@ def evaluate_cell(t: Teacher, cell: Cell, trained: dict | None = None, split: st
     return m
 
 
+def budget_line(cfg: Config, n_train: int) -> str:
+    """The distillation budget of a config, in words: printed next to every results table."""
+    n = min(cfg.distill_sentences or n_train, n_train)
+    rule = (f"until the held-out MSE improved by less than {cfg.distill_min_delta:.0%} for "
+            f"{cfg.distill_patience} epochs (at most {cfg.distill_epochs})" if cfg.distill_patience > 0
+            else f"for {cfg.distill_epochs} epochs")
+    return (f"each student distilled on {n:,} of {n_train:,} training sentences, batches of "
+            f"{cfg.distill_batch}, {rule}; lr {cfg.lr_alr:g} (ALR), {cfg.lr_other:g} (others)")
+
+
 def run_grid(t: Teacher, cells: list[Cell] | None = None, progress: bool = True):
-    """Train or load every student of the grid, evaluate every cell; one row per cell."""
+    """Train or load every student of the grid, evaluate every cell; one row per cell.
+
+    Each row carries its budget: the epochs its students ran (the most over its layers),
+    their optimiser steps, sentences seen and seconds. Only one cell's students are in memory
+    at a time."""
     import pandas as pd
 
-    from .distill import heldout_mse, new_student
+    from .distill import budget, heldout_mse, load_student, new_student
     cells = cells or grid(t.cfg)
     started = time.time()
     needed = {s for c in cells if c.trained for s in c.students}
-    trained = students(t, needed, progress)
+    histories = train_students(t, needed, progress)
     train_seconds = time.time() - started
     base = teacher_metrics(t, "test", progress=progress)
-    rec_valid = None
+    rec_valid = recordings(t, progress=False)[1]
+    n_train = len(t.data["train"])
+    n_distill = min(t.cfg.distill_sentences or n_train, n_train)
     rows = []
     for cell in tqdm(cells, desc="evaluating the grid", disable=not progress, leave=False):
-        m = evaluate_cell(t, cell, trained, progress=False)
         if cell.trained:
-            mods = [trained[s][0] for s in cell.students]
-            mse = [trained[s][1][-1]["heldout_mse"] for s in cell.students]
+            loaded = {s: load_student(t.model, s, t.cfg, students_dir(t)) for s in cell.students}
+            mods = [loaded[s][0] for s in cell.students]
+            spent = [budget(histories[s], t.cfg.distill_patience) for s in cell.students]
+            mse = [b["heldout_mse"] for b in spent]
         else:
+            loaded = None
             mods = [new_student(t.model, s, t.cfg.max_len, t.cfg.seed) for s in cell.students]
-            if rec_valid is None:
-                rec_valid = recordings(t, {s.source for s in needed}, progress=False)[1]
+            spent = [budget([]) for _ in cell.students]
             mse = [heldout_mse(mod, rec_valid, s.source) for mod, s in zip(mods, cell.students)]
+        m = evaluate_cell(t, cell, loaded, progress=False)
         rows.append({"pair": t.cfg.pair, "group": cell.group, "scheme": cell.scheme, "size": cell.size,
                      "trained": cell.trained, "bleu": m["bleu"], "chrf": m["chrf"],
                      "bleu_rel": round(100 * m["bleu"] / base["bleu"], 1) if base["bleu"] else float("nan"),
                      "heldout_mse": float(np.mean(mse)) if mse else float("nan"),
                      "replaced_params": sum(p.numel() for mod in mods for p in mod.parameters() if p.requires_grad),
-                     "students": len(cell.students)})
+                     "students": len(cell.students),
+                     "distill_sentences": n_distill if cell.trained else 0,
+                     "epochs": max(b["epochs"] for b in spent),
+                     "steps": sum(b["steps"] for b in spent),
+                     "sentences_seen": max(b["sentences_seen"] for b in spent),
+                     "distill_seconds": round(sum(b["seconds"] for b in spent), 1)})
+        del loaded, mods
     teacher_row = {"pair": t.cfg.pair, "group": "teacher", "scheme": "-", "size": "-", "trained": True,
                    "bleu": base["bleu"], "chrf": base["chrf"], "bleu_rel": 100.0, "heldout_mse": 0.0,
-                   "replaced_params": 0, "students": 0}
+                   "replaced_params": 0, "students": 0, "distill_sentences": 0, "epochs": 0, "steps": 0,
+                   "sentences_seen": 0, "distill_seconds": 0.0}
     df = pd.DataFrame([teacher_row] + rows)
+    df["budget"] = budget_line(t.cfg, n_train)
     df.attrs["train_seconds"] = train_seconds
     return df
 

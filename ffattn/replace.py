@@ -167,26 +167,72 @@ class FFSelfAttention(_Slot):
         return self._unflat(self.ff(_flat(x, x_pad, self.max_len)), x.shape[1], x_pad)
 
 
+class HeadFFs(nn.Module):
+    """n ShallowFFs of the same shape, one per head, run as batched matrix products.
+
+    The same function as `n` separate `ShallowFF`s (`as_ff(k)` gives head k as one), but one
+    `bmm` per layer instead of a Python loop over heads: ASLR's students train at the
+    machine's matmul rate. The input LayerNorm's statistics are shared (every head reads the
+    same input); its gain and bias, like every other weight, are the head's own.
+    """
+
+    def __init__(self, n: int, d_in: int, hidden: int, d_out: int):
+        super().__init__()
+        self.n, self.in_features, self.hidden, self.out_features = n, d_in, hidden, d_out
+        self.ln_in_weight = nn.Parameter(torch.ones(n, d_in))
+        self.ln_in_bias = nn.Parameter(torch.zeros(n, d_in))
+        self.fc1_weight = nn.Parameter(torch.empty(n, hidden, d_in))
+        self.fc1_bias = nn.Parameter(torch.empty(n, hidden))
+        self.ln_hidden_weight = nn.Parameter(torch.ones(n, hidden))
+        self.ln_hidden_bias = nn.Parameter(torch.zeros(n, hidden))
+        self.fc2_weight = nn.Parameter(torch.empty(n, d_out, hidden))
+        self.fc2_bias = nn.Parameter(torch.empty(n, d_out))
+        self.eps, self.negative_slope = 1e-5, 0.01
+        for w, b in ((self.fc1_weight, self.fc1_bias), (self.fc2_weight, self.fc2_bias)):
+            bound = w.shape[-1] ** -0.5  # nn.Linear's default initialisation, head by head
+            nn.init.uniform_(w, -bound, bound)
+            nn.init.uniform_(b, -bound, bound)
+
+    def forward(self, z):
+        """(B, d_in) -> (B, n, d_out)."""
+        zn = F.layer_norm(z, (self.in_features,), eps=self.eps)
+        u = torch.addcmul(self.ln_in_bias, zn[:, None], self.ln_in_weight)  # (B, n, d_in)
+        a = torch.baddbmm(self.fc1_bias[:, None], u.transpose(0, 1), self.fc1_weight.transpose(1, 2))
+        a = F.layer_norm(F.leaky_relu(a, self.negative_slope), (self.hidden,), eps=self.eps)
+        a = torch.addcmul(self.ln_hidden_bias[:, None], a, self.ln_hidden_weight[:, None])  # (n, B, h)
+        return torch.baddbmm(self.fc2_bias[:, None], a, self.fc2_weight.transpose(1, 2)).transpose(0, 1)
+
+    def as_ff(self, k: int) -> ShallowFF:
+        """Head k as an ordinary ShallowFF (a copy): for tests, FLOP counts and Jacobians."""
+        ff = ShallowFF(self.in_features, self.hidden, self.out_features).to(self.fc1_weight)
+        with torch.no_grad():
+            for name, p in (("ln_in.weight", self.ln_in_weight), ("ln_in.bias", self.ln_in_bias),
+                            ("fc1.weight", self.fc1_weight), ("fc1.bias", self.fc1_bias),
+                            ("ln_hidden.weight", self.ln_hidden_weight), ("ln_hidden.bias", self.ln_hidden_bias),
+                            ("fc2.weight", self.fc2_weight), ("fc2.bias", self.fc2_bias)):
+                ff.get_parameter(name).copy_(p[k])
+        return ff
+
+
 class FFSeparateHeads(_Slot):
     """ASLR: one FF per head, each W -> max_len * d_head, stacked, then the teacher's W_O.
 
     Each head's FF has its own parameters, so the heads can be trained independently
-    (head k's target is the slice [..., k*d_head:(k+1)*d_head] of the pre-W_O output).
+    (head k's target is the slice [..., k*d_head:(k+1)*d_head] of the pre-W_O output); they
+    run together as batched matrix products (`HeadFFs`).
     """
 
     def __init__(self, d_model: int, n_heads: int, max_len: int, hidden: int,
                  out_proj: nn.Module | None = None):
         super().__init__(d_model, max_len, out_proj)
         self.n_heads, self.d_head = n_heads, d_model // n_heads
-        W = max_len * d_model
-        self.heads = nn.ModuleList(ShallowFF(W, hidden, max_len * self.d_head)
-                                   for _ in range(n_heads))
+        self.heads = HeadFFs(n_heads, max_len * d_model, hidden, max_len * self.d_head)
 
     def forward_heads(self, x, x_pad, memory=None, memory_pad=None, state=None):
         z = _flat(x, x_pad, self.max_len)
         B, T = x.shape[:2]
-        # (B, max_len, heads, d_head) -> (B, max_len, d): the teacher's head-major layout
-        out = torch.stack([ff(z).view(B, self.max_len, self.d_head) for ff in self.heads], 2)
+        # (B, heads, max_len, d_head) -> (B, max_len, heads * d_head): the teacher's head-major layout
+        out = self.heads(z).view(B, self.n_heads, self.max_len, self.d_head).transpose(1, 2)
         return _zero(out.flatten(2)[:, :T], x_pad)
 
 

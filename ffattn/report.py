@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 SIZE_ORDER = ["XS", "S", "M", "L", "XL"]
@@ -62,8 +63,29 @@ def to_markdown(df: pd.DataFrame, floatfmt: str = ".1f") -> str:
     return "\n".join(lines)
 
 
+def budget_table(df: pd.DataFrame, value: str = "epochs") -> pd.DataFrame:
+    """What each cell's distillation cost: `epochs` (the most over its layers), `steps`,
+    `sentences_seen` or `distill_seconds`, by group/scheme x size (trained cells)."""
+    sub = df[df.trained & (df.group != "teacher")].copy()
+    sub["replaced"] = [f"encoder {sc}" if g == "encoder" else GROUP_LABELS.get(g, g)
+                       for g, sc in zip(sub.group, sub.scheme)]
+    t = sub.pivot_table(index=["pair", "replaced"], columns="size", values=value, aggfunc="first", sort=False)
+    return t[_sizes(sub)]
+
+
+def budget_lines(df: pd.DataFrame) -> str:
+    """One line per direction: the distillation budget the table was measured at."""
+    if "budget" not in df:
+        return "budget: not recorded"
+    rows = df[df.group != "teacher"].groupby("pair", sort=False)["budget"].first()
+    return "\n".join(f"- {pair}: {text}" for pair, text in rows.items())
+
+
 def markdown_report(df: pd.DataFrame) -> str:
-    parts = ["## Encoder self-attention replaced in every layer: sacreBLEU", to_markdown(encoder_table(df)),
+    parts = ["## Budget: how much distillation these numbers cost", budget_lines(df),
+             "Epochs each cell's students ran before the stopping rule ended them (the most over its layers):",
+             to_markdown(budget_table(df).astype("Int64")),
+             "## Encoder self-attention replaced in every layer: sacreBLEU", to_markdown(encoder_table(df)),
              "## Encoder: BLEU relative to the teacher (%)", to_markdown(encoder_table(df, "bleu_rel")),
              "## Decoder self-attention and cross-attention (ALR): sacreBLEU",
              to_markdown(replacement_table(df)),
@@ -143,3 +165,122 @@ def write_report(df: pd.DataFrame, folder: Path) -> dict:
             fig.savefig(path, dpi=120)
             files[f"{name}-{pair}"] = path
     return files
+
+
+# ----------------------------------------------------------------------------- the paper's claims, checked
+
+RULES = {
+    "competitive": 90.0,   # % of the teacher's BLEU that counts as competitive ...
+    "fair": 75.0,          # ... and as "mixed"
+    "modest": 80.0,        # % kept that counts as a modest loss ...
+    "large": 60.0,         # ... below this it is a large loss
+    "noise": 1.0,          # BLEU: differences smaller than this are noise
+    "clear": 5.0,          # points of relative BLEU: a clear difference
+    "blowup": 10.0,        # x the teacher's attention parameters: a blow-up
+}
+
+BOOK_QUESTION = "(this book's question)"
+
+
+def verdict(ok: bool, partly: bool = False) -> str:
+    return "supported" if ok else "mixed" if partly else "not supported"
+
+
+def _levels(v, noise: float) -> tuple[bool, bool]:
+    """(grows, levels off) of a BLEU-by-size series: no drop above noise up to the last but
+    one size, which beats the first; the last two sizes within noise of each other."""
+    v = np.asarray(v, dtype=float)
+    grows = bool((np.diff(v[:-1]) >= -noise).all() and v[-2] > v[0])
+    return grows, bool(abs(v[-1] - v[-2]) <= noise)
+
+
+def check_claims(d: pd.DataFrame, teacher_attention: int, limit: int, max_len: int,
+                 rules: dict | None = None) -> list[dict]:
+    """Each of the paper's claims against the grid `d` of one direction (rows of `run_grid`).
+
+    Returns one dict per claim: the claim, the rule applied (with its thresholds), the verdict
+    ("supported", "mixed", "not supported") and what was measured. `teacher_attention` is the
+    parameter count of the teacher's attention layers; `limit` the longest sentence a model
+    with a student installed reads (`decode.sequence_limit`).
+    """
+    R = {**RULES, **(rules or {})}
+    out = []
+
+    def add(claim, rule, v, measured):
+        out.append({"claim": claim, "rule": rule, "verdict": v, "measured": measured})
+
+    def cell(group, size, scheme="ALR", trained=True):
+        sub = d[(d.group == group) & (d.scheme == scheme) & (d["size"] == size) & (d.trained == trained)]
+        if sub.empty:
+            raise ValueError(f"the grid has no {'trained' if trained else 'untrained'} cell {group} {scheme} {size}")
+        return sub.iloc[0]
+
+    enc = d[(d.group == "encoder") & d.trained]
+    sizes = _sizes(enc)
+    top = sizes[-1]
+    best = enc.loc[enc.bleu_rel.idxmax()]
+    add("Encoder self-attention can be replaced with BLEU competitive with the teacher",
+        f"best encoder cell keeps >= {R['competitive']:.0f}% (mixed: >= {R['fair']:.0f}%)",
+        verdict(best.bleu_rel >= R["competitive"], best.bleu_rel >= R["fair"]),
+        f"{best.scheme} {best['size']}: {best.bleu_rel:.1f}%")
+
+    by_scheme = enc.groupby("scheme").bleu.max()
+    alr_wins = [s for s in sizes if enc[enc["size"] == s].sort_values("bleu").iloc[-1].scheme == "ALR"]
+    add("ALR is the best of the four encoder schemes",
+        f"ALR's best BLEU within {R['noise']:.0f} of the best scheme's (mixed: ALR best at some size)",
+        verdict(by_scheme["ALR"] >= by_scheme.max() - R["noise"], bool(alr_wins)),
+        f"ALR {by_scheme['ALR']:.1f}, best {by_scheme.idxmax()} {by_scheme.max():.1f}")
+
+    alr = enc[enc.scheme == "ALR"].set_index("size").bleu.reindex(sizes)
+    grows, levels = _levels(alr, R["noise"])
+    series = [enc[enc.scheme == s].set_index("size").bleu.reindex(sizes) for s in sorted(set(enc.scheme))]
+    series += [d[(d.group == g) & d.trained].set_index("size").bleu.reindex(sizes)
+               for g in ("decoder", "cross", "cross_causal")]
+    both = sum(all(_levels(s, R["noise"])) for s in series)
+    add("BLEU grows with the size of the students and levels off around L",
+        f"encoder ALR: no drop > {R['noise']:.0f} BLEU from {sizes[0]} to {sizes[-2]}, {sizes[-2]} above "
+        f"{sizes[0]}, and |{top} - {sizes[-2]}| <= {R['noise']:.0f} (mixed: one of the two)",
+        verdict(grows and levels, grows or levels),
+        "encoder ALR " + " / ".join(f"{v:.1f}" for v in alr) + f" ({' - '.join(sizes)}); "
+        f"{both} of {len(series)} series meet both")
+
+    xs_gap = cell("encoder", top).bleu_rel - cell("encoder", sizes[0]).bleu_rel
+    add("XS clearly lowers BLEU",
+        f"encoder ALR: {top} minus {sizes[0]} >= {R['clear']:.0f} points (mixed: > 0)",
+        verdict(xs_gap >= R["clear"], xs_gap > 0), f"{xs_gap:+.1f} points")
+
+    dec = cell("decoder", top)
+    add("Decoder self-attention can be replaced with a modest loss",
+        f"decoder ALR {top} keeps >= {R['modest']:.0f}% (mixed: >= {R['large']:.0f}%)",
+        verdict(dec.bleu_rel >= R["modest"], dec.bleu_rel >= R["large"]), f"{dec.bleu_rel:.1f}%")
+
+    cross, enc_alr = cell("cross", top), cell("encoder", top)
+    others = min(dec.bleu_rel, enc_alr.bleu_rel)
+    add("Cross-attention loses much more than the other replacements: it is the bottleneck",
+        f"cross (paper form) {top} at least {R['clear']:.0f} points below both decoder and encoder ALR "
+        f"{top} (mixed: below both)",
+        verdict(cross.bleu_rel <= others - R["clear"], cross.bleu_rel < others),
+        f"cross {cross.bleu_rel:.1f}% vs decoder {dec.bleu_rel:.1f}%, encoder {enc_alr.bleu_rel:.1f}%")
+
+    att = d[d.group == "attentionless"].iloc[0]
+    floor = d[(d.group == "cross") & ~d.trained].bleu_rel.iloc[0]
+    add("An attentionless Transformer still translates",
+        f"attentionless (paper form) at least {R['clear']:.0f} points above a model that cannot read "
+        f"the source (untrained cross-attention students; mixed: above it)",
+        verdict(att.bleu_rel >= floor + R["clear"], att.bleu_rel > floor), f"{att.bleu_rel:.1f}% vs {floor:.1f}%")
+
+    ratio = att.replaced_params / teacher_attention
+    add("... but it blows up the parameter count",
+        f"its students have >= {R['blowup']:.0f}x the parameters of the teacher's attention layers",
+        verdict(ratio >= R["blowup"], ratio > 1), f"{ratio:.0f}x ({int(att.replaced_params):,})")
+
+    add("... and fixes the maximum sentence length",
+        "a model with any student reads at most MAX_LEN tokens (by construction)",
+        verdict(limit == max_len), f"limit {limit} = MAX_LEN {max_len}")
+
+    causal = cell("cross_causal", top)
+    gain = causal.bleu_rel - cross.bleu_rel
+    add(f"{BOOK_QUESTION} Part of cross-attention's loss is the paper form's train/decode mismatch",
+        f"causal form {top} at least {R['clear']:.0f} points above the paper form (mixed: > {R['noise']:.0f} point)",
+        verdict(gain >= R["clear"], gain > R["noise"]), f"{gain:+.1f} points")
+    return out

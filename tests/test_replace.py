@@ -340,3 +340,16 @@ def test_shallow_ff_shape():
     assert isinstance(ff.act, nn.LeakyReLU) and ff.act.negative_slope == 0.01
     assert ff(torch.randn(2, 10)).shape == (2, 7)
     assert sum(p.numel() for p in ff.parameters()) == 20 + 33 + 6 + 28
+
+
+def test_aslr_heads_run_batched_and_equal_one_shallow_ff_per_head():
+    """HeadFFs computes, in one bmm per layer, what n separate ShallowFFs compute head by head."""
+    teacher = small_teacher()
+    mod = randomize(build_replacement(teacher, "encoder", 0, "ASLR", "M", L))
+    x, x_pad, _, _ = batch()
+    z = torch.cat([x.masked_fill(x_pad[..., None], 0), x.new_zeros(x.shape[0], L - x.shape[1], D)], 1).flatten(1)
+    per_head = torch.stack([mod.heads.as_ff(k)(z) for k in range(H)], 1)  # (B, H, L * d_head)
+    torch.testing.assert_close(mod.heads(z), per_head)
+    want = per_head.view(-1, H, L, D // H).transpose(1, 2).flatten(2)[:, :x.shape[1]].masked_fill(x_pad[..., None], 0)
+    torch.testing.assert_close(mod.forward_heads(x, x_pad), want)
+    assert sum(p.numel() for p in mod.parameters() if p.requires_grad) == count_params("ASLR", "M", L, D, H)

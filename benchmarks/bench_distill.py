@@ -1,0 +1,125 @@
+"""Student training against the machine's peak: achieved GFLOP/s of whole distillation epochs.
+
+For one student of each scheme at M and L (encoder ALR, ASLR, ALRR, ELR) and the decoder and
+both cross-attention forms at L, on the cached teacher of a preset:
+
+- FLOPs: every matmul of a training step (forward and backward) counted by
+  `torch.utils.flop_counter`, not assumed. A step's count is linear in the batch's sentences
+  and in its longest sentence (the FF students pad to max_len; the causal ones work per
+  position), so it is counted at two lengths and summed over the epoch's real batches; a third
+  length checks the linearity.
+- time: one whole epoch as `distill.train_students` runs it (batches gathered from the
+  recording, the steps, the held-out evaluation), in a temporary folder.
+- the machine: a square fp32 matmul (n = 2048 and 4096), best of several runs, measured
+  before and after the students in the same process.
+
+    python benchmarks/bench_distill.py --preset tiny [--batch 512] [--out bench_distill.json]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import tempfile
+import time
+
+import numpy as np
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from ffattn import experiments
+from ffattn.config import get_config
+from ffattn.distill import Student, _adam, epoch_batches, masked_mse, new_student, train_students
+
+STUDENTS = [Student("encoder", 0, sc, sz) for sc in ("ALR", "ASLR", "ALRR", "ELR") for sz in ("M", "L")]
+STUDENTS += [Student("decoder", 0, "ALR", "L"), Student("cross", 0, "ALR", "L"), Student("cross_causal", 0, "ALR", "L")]
+
+
+def matmul_gflops(sizes=(2048, 4096), repeats: int = 5) -> float:
+    """Best fp32 GFLOP/s of a square matmul C = A @ B over a few runs."""
+    best = 0.0
+    for n in sizes:
+        a, b = torch.randn(n, n), torch.randn(n, n)
+        a @ b
+        k = max(1, int(2e10 // (2 * n ** 3)))
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            for _ in range(k):
+                a @ b
+            best = max(best, 2 * n ** 3 * k / (time.perf_counter() - t0) / 1e9)
+    return best
+
+
+def step_flops(module, d: int, B: int, T: int, S: int, cross: bool) -> int:
+    """Counted FLOPs of one training step (forward, backward) on B random sentences of T tokens."""
+    x, pad = torch.randn(B, T, d), torch.zeros(B, T, dtype=torch.bool)
+    mem, mpad = (torch.randn(B, S, d), torch.zeros(B, S, dtype=torch.bool)) if cross else (None, None)
+    opt = _adam([p for p in module.parameters() if p.requires_grad], 1e-9)
+    with FlopCounterMode(display=False) as fc:
+        pred = module.distill_forward(x, pad, mem, mpad)
+        masked_mse(pred, torch.zeros_like(pred), pad).backward()
+    opt.zero_grad(set_to_none=True)
+    return fc.get_total_flops()
+
+
+def epoch_flops(t, s: Student, rec, batch: int) -> int:
+    """FLOPs of one epoch's training steps: per-sentence cost a + b * T, counted, summed over batches."""
+    cfg, d = t.cfg, t.cfg.d_model
+    module = new_student(t.model, s, cfg.max_len, cfg.seed)
+    cross = s.where.startswith("cross")
+    B, S = 8, 10
+    f1, f2, f3 = (step_flops(module, d, B, T, S, cross) for T in (10, 30, 20))
+    b = (f2 - f1) / 20 / B
+    a = f1 / B - 10 * b
+    if abs(f3 - B * (a + 20 * b)) > 1e-6 * f3:
+        raise RuntimeError(f"{s.name}: FLOPs are not linear in the sentence length ({f1}, {f3}, {f2})")
+    lengths = rec.src_len if s.where == "encoder" else rec.tgt_len
+    batches = epoch_batches(lengths, batch, cfg.seed, 0)
+    return int(sum(len(i) * (a + b * int(lengths[i].max())) for i in batches))
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--preset", default="tiny")
+    p.add_argument("--pair", default="de-en")
+    p.add_argument("--batch", type=int, default=None, help="sentences per batch (default: the preset's)")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--out", default=None, help="write the figures as JSON here")
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cfg = get_config(args.preset, pair=args.pair)
+    cfg = cfg.replace(distill_epochs=1, distill_patience=0, **({"distill_batch": args.batch} if args.batch else {}))
+    t = experiments.teacher(cfg, progress=False)
+    rec_train, rec_valid = experiments.recordings(t, progress=False)
+    peak = matmul_gflops()
+    print(f"{args.preset}: {len(rec_train):,} sentences an epoch, batch {cfg.distill_batch}, "
+          f"{torch.get_num_threads()} threads; fp32 square matmul {peak:.0f} GFLOP/s")
+    rows = []
+    for s in STUDENTS:
+        flops = epoch_flops(t, s, rec_train, cfg.distill_batch)
+        with tempfile.TemporaryDirectory() as tmp:
+            t0 = time.perf_counter()
+            hist = train_students(t.model, [s], rec_train, rec_valid, cfg, tmp, progress=False)[s][0]
+            wall = time.perf_counter() - t0
+        row = {"student": f"{s.where} {s.scheme}-{s.size}", "tflop": flops / 1e12, "epoch_s": wall,
+               "steps_s": hist["seconds"], "loading_s": hist["loading_seconds"], "heldout_s": hist["heldout_seconds"],
+               "gflops_epoch": flops / wall / 1e9, "gflops_steps": flops / hist["seconds"] / 1e9}
+        row["ratio_epoch"] = row["gflops_epoch"] / peak
+        rows.append(row)
+        print(f"  {row['student']:22s} {row['tflop']:7.2f} TFLOP  epoch {wall:6.1f} s "
+              f"(steps {hist['seconds']:6.1f}, loading {hist['loading_seconds']:4.1f}, held-out {hist['heldout_seconds']:4.1f})"
+              f"  {row['gflops_epoch']:5.0f} GFLOP/s = {row['ratio_epoch']:4.0%} of the matmul rate")
+    after = matmul_gflops()
+    print(f"fp32 square matmul after the students: {after:.0f} GFLOP/s (before: {peak:.0f})")
+    result = {"preset": args.preset, "batch": cfg.distill_batch, "sentences": len(rec_train),
+              "threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine(),
+              "torch": torch.__version__, "matmul_gflops": peak, "matmul_gflops_after": after, "students": rows}
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(result, f, indent=1)
+    return result
+
+
+if __name__ == "__main__":
+    main()

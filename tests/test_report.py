@@ -1,0 +1,73 @@
+"""The results tables and the paper's claims, checked on made-up grids."""
+import pandas as pd
+import pytest
+
+from ffattn import report
+
+SIZES = ["XS", "S", "M", "L"]
+
+
+def grid(enc=None, dec=(25, 28, 31, 32), cross=(5, 8, 12, 14), causal=(6, 9, 15, 18), att=12.0,
+         floor=0.5, teacher=33.0, att_params=4_000_000):
+    """A whole grid of one direction, BLEU by size; relative BLEU computed from `teacher`."""
+    enc = enc or {"ALR": (29, 30, 32, 32.5), "ASLR": (30, 31, 32, 32.2), "ALRR": (20, 25, 30, 31),
+                  "ELR": (18, 24, 29, 31)}
+    rows = [dict(group="teacher", scheme="-", size="-", trained=True, bleu=teacher, replaced_params=0)]
+    rows += [dict(group="encoder", scheme=sc, size=sz, trained=True, bleu=b, replaced_params=1000)
+             for sc, v in enc.items() for sz, b in zip(SIZES, v)]
+    for g, v in (("decoder", dec), ("cross", cross), ("cross_causal", causal)):
+        rows += [dict(group=g, scheme="ALR", size=sz, trained=True, bleu=b, replaced_params=1000) for sz, b in zip(SIZES, v)]
+    rows += [dict(group="attentionless", scheme="ALR", size="L", trained=True, bleu=att, replaced_params=att_params),
+             dict(group="attentionless_causal", scheme="ALR", size="L", trained=True, bleu=att + 1, replaced_params=att_params),
+             dict(group="cross", scheme="ALR", size="M", trained=False, bleu=floor, replaced_params=1000)]
+    df = pd.DataFrame(rows)
+    df["pair"] = "de-en"
+    df["bleu_rel"] = 100 * df.bleu / teacher
+    df["chrf"] = df.bleu + 20
+    return df
+
+
+def verdicts(df, **kw):
+    return {c["claim"]: c["verdict"] for c in report.check_claims(df, 100_000, 50, 50, **kw)}
+
+
+def test_the_paper_shaped_grid_supports_the_paper():
+    v = verdicts(grid())
+    assert set(v.values()) <= {"supported", "mixed"}
+    assert v["Encoder self-attention can be replaced with BLEU competitive with the teacher"] == "supported"
+    assert v["Cross-attention loses much more than the other replacements: it is the bottleneck"] == "supported"
+    assert v["... but it blows up the parameter count"] == "supported"
+
+
+def test_a_grid_against_the_paper_gets_not_supported():
+    v = verdicts(grid(enc={s: (5, 6, 7, 8) for s in ("ALR", "ASLR", "ALRR", "ELR")}, cross=(25, 28, 31, 32),
+                      dec=(5, 6, 8, 10), att=0.4, att_params=1000))
+    assert v["Encoder self-attention can be replaced with BLEU competitive with the teacher"] == "not supported"
+    assert v["Decoder self-attention can be replaced with a modest loss"] == "not supported"
+    assert v["Cross-attention loses much more than the other replacements: it is the bottleneck"] == "not supported"
+    assert v["An attentionless Transformer still translates"] == "not supported"
+    assert v["... but it blows up the parameter count"] == "not supported"
+
+
+def test_thresholds_decide_the_verdict_and_a_partial_result_is_mixed():
+    df = grid(enc={"ALR": (20, 25, 27, 28), "ASLR": (20, 25, 27, 28), "ALRR": (1, 2, 3, 4), "ELR": (1, 2, 3, 4)})
+    claim = "Encoder self-attention can be replaced with BLEU competitive with the teacher"  # best 28/33 = 84.8%
+    assert verdicts(df)[claim] == "mixed"
+    assert verdicts(df, rules={"competitive": 80.0})[claim] == "supported"
+    assert verdicts(df, rules={"fair": 90.0})[claim] == "not supported"
+
+
+def test_a_missing_cell_is_named_in_the_error():
+    df = grid()
+    df = df[~((df.group == "decoder") & (df["size"] == "L"))]
+    with pytest.raises(ValueError, match="decoder ALR L"):
+        report.check_claims(df, 100_000, 50, 50)
+
+
+def test_the_markdown_report_states_the_budget_next_to_the_tables():
+    df = grid()
+    df["budget"] = "each student distilled on 29,000 of 29,000 training sentences"
+    df["epochs"] = 7
+    text = report.markdown_report(df)
+    assert "29,000 of 29,000" in text.split("## Encoder")[0]
+    assert "| de-en | encoder ALRR | 7 | 7 | 7 | 7 |" in text
