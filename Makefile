@@ -1,7 +1,16 @@
 # make book: the book, every chapter executed at PRESET (tiny by default; small = CPU edition);
 # --all: every page is rebuilt, so numbers never come from an older run of the package
-# make test: unit tests, then every chapter under nbval at tiny
+# make test: unit tests, then every chapter under nbval at tiny, at the CI budget below
+# OVERRIDES: settings on top of the preset, as JSON (e.g. OVERRIDES='{"distill_epochs": 3}');
+# STUDY: the budget study's numbers of training sentences (e.g. STUDY=1000,0; default: the chapter's)
 PRESET ?= tiny
+OVERRIDES ?=
+STUDY ?=
+# CI cannot afford the converged tiny grid (about an hour on 2 cores, see the README): make test
+# runs every chapter on a starved budget that exercises the same code, 3000 sentences and at
+# most 2 epochs per student, and a two-point budget study. Every table the chapters print says so.
+TEST_OVERRIDES := {"distill_sentences": 3000, "distill_epochs": 2}
+TEST_STUDY := 1000,3000
 VENV   := .venv
 PY     := $(VENV)/bin/python
 export FFATTN_RUNS ?= $(CURDIR)/runs
@@ -24,21 +33,24 @@ teacher: venv
 
 book: venv
 	@start=$$(date +%s); \
-	FFATTN_PRESET=$(PRESET) $(VENV)/bin/jupyter-book build --all . || exit 1; \
+	FFATTN_PRESET=$(PRESET) FFATTN_OVERRIDES='$(OVERRIDES)' FFATTN_STUDY_SENTENCES='$(STUDY)' \
+	  $(VENV)/bin/jupyter-book build --all . || exit 1; \
 	echo "book built at preset $(PRESET) in $$(( $$(date +%s) - start )) s: $(CURDIR)/_build/html/index.html"
 
 unit: venv
 	$(PY) -m pytest tests -q
 
 chapters: venv
-	FFATTN_PRESET=tiny $(PY) -m pytest --nbval-lax book -q -p no:cacheprovider
+	FFATTN_PRESET=tiny FFATTN_OVERRIDES='$(TEST_OVERRIDES)' FFATTN_STUDY_SENTENCES='$(TEST_STUDY)' \
+	  $(PY) -m pytest --nbval-lax book -q -p no:cacheprovider
 
 # unit tests; every chapter under nbval at tiny (trains and caches what the chapters need);
 # a papermill rerun; then the book build (loads the cache) and a check of the built pages.
 test: venv
 	$(PY) -m pytest tests -q -p no:cacheprovider
-	FFATTN_PRESET=tiny $(PY) -m pytest --nbval-lax book -q -p no:cacheprovider
-	$(MAKE) book PRESET=tiny
+	FFATTN_PRESET=tiny FFATTN_OVERRIDES='$(TEST_OVERRIDES)' FFATTN_STUDY_SENTENCES='$(TEST_STUDY)' \
+	  $(PY) -m pytest --nbval-lax book -q -p no:cacheprovider
+	$(MAKE) book PRESET=tiny OVERRIDES='$(TEST_OVERRIDES)' STUDY='$(TEST_STUDY)'
 	FFATTN_BOOK_HTML=$(CURDIR)/_build/html $(PY) -m pytest tests/test_built_book.py -q -p no:cacheprovider
 
 clean:

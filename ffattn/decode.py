@@ -113,18 +113,25 @@ def translate(model, tokenizers, sentences: list[str], beam: int = 1, length_pen
     """Translate raw sentences in batches of similar length; returns them in input order.
 
     A source longer than the model's MAX_LEN (FF students only) is cut to MAX_LEN tokens, the
-    last one EOS: a fixed-width feed-forward replacement cannot read more. An empty sentence
-    translates to the empty string.
+    last one EOS: a fixed-width feed-forward replacement cannot read more; a warning says how
+    many were cut. An empty (or blank) sentence translates to the empty string.
     """
+    import warnings
+
     from tqdm.auto import tqdm
 
     if isinstance(sentences, str):
         raise TypeError("translate() takes a list of sentences, not one string")
-    ids = tokenizers.encode_src(list(sentences))
+    sentences = list(sentences)
+    ids = tokenizers.encode_src(sentences)
     limit = sequence_limit(model)
     if limit is not None:
+        cut = sum(len(s) > limit for s in ids)
+        if cut:
+            warnings.warn(f"{cut} of {len(ids)} sources are longer than the {limit} tokens this model reads "
+                          f"(its feed-forward replacements' max_len): they were cut to {limit} tokens", stacklevel=2)
         ids = [s if len(s) <= limit else s[:limit - 1] + [EOS] for s in ids]
-    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+    order = sorted((i for i in range(len(ids)) if sentences[i].strip()), key=lambda i: len(ids[i]))
     device = next(model.parameters()).device
     out: list[list[int]] = [[] for _ in ids]
     chunks = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]

@@ -66,11 +66,13 @@ class Recording:
     sentences) and pads it to the longest sentence of the batch.
     """
 
-    def __init__(self, folder: Path):
+    def __init__(self, folder: Path, limit: int | None = None):
+        """The recording in `folder`; with `limit`, only its first `limit` sentences (a
+        recording of a prefix of the sentences is a prefix of the recording)."""
         self.folder = Path(folder)
         self.meta = json.loads((self.folder / "meta.json").read_text())
-        self.src_len = np.load(self.folder / "src_len.npy")
-        self.tgt_len = np.load(self.folder / "tgt_len.npy")
+        self.src_len = np.load(self.folder / "src_len.npy")[:limit]
+        self.tgt_len = np.load(self.folder / "tgt_len.npy")[:limit]
         self.src_off = np.concatenate([[0], np.cumsum(self.src_len)])
         self.tgt_off = np.concatenate([[0], np.cumsum(self.tgt_len)])
         self.arrays = {p.stem: np.load(p, mmap_mode="r") for p in self.folder.glob("*.f16.npy")}

@@ -145,14 +145,20 @@ def recordings(t: Teacher, sentences: int | None = None, progress: bool = True):
     rates, the stopping rule) never records the teacher again. It always holds every source
     (`all_sources`), so asking for other students later never rewrites a recording another run
     may be reading."""
-    from .distill import record
+    from .distill import Recording, record
     sources = all_sources(t.cfg)
     train, valid = t.data["train"], t.data["valid"]
     n = sentences if sentences is not None else t.cfg.distill_sentences
     n = min(n or len(train), len(train))
     folder = t.run_dir / "recordings"
-    rec_train = record(t.model, train.src_ids[:n], train.tgt_ids[:n], sources, folder / f"train-{n}",
-                       progress=progress)
+    larger = sorted((int(json.loads((f / "meta.json").read_text())["sentences"]), f)
+                    for f in folder.glob("train-*") if (f / "meta.json").exists())
+    larger = [(k, f) for k, f in larger if k >= n]
+    if larger and larger[0][1].name != f"train-{n}":  # the first n sentences of a longer recording
+        rec_train = Recording(larger[0][1], limit=n)
+    else:
+        rec_train = record(t.model, train.src_ids[:n], train.tgt_ids[:n], sources, folder / f"train-{n}",
+                           progress=progress)
     rec_valid = record(t.model, valid.src_ids, valid.tgt_ids, sources, folder / f"valid-{len(valid)}",
                        progress=progress)
     return rec_train, rec_valid
@@ -290,8 +296,8 @@ def reproduce(cfg: Config, pairs=("de-en",), progress: bool = True):
         df.to_csv(distill_dir(t) / "results.csv", index=False)
         frames.append(df)
     df = pd.concat(frames, ignore_index=True)
-    key = cfg.replace(pair="de-en").teacher_key() + cfg.distill_key()
-    folder = cfg.run_dir().parent / f"results-{cfg.corpus}-{cfg.preset}-{key[:8]}"
+    key = cfg.replace(pair="de-en").teacher_key()[:6] + cfg.distill_key()[:6]  # teacher and students both
+    folder = cfg.run_dir().parent / f"results-{cfg.corpus}-{cfg.preset}-{key}"
     files = write_report(df, folder)
     return df, files
 

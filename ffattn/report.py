@@ -54,6 +54,8 @@ def to_markdown(df: pd.DataFrame, floatfmt: str = ".1f") -> str:
     cols = [str(c) for c in df.columns]
 
     def fmt(v):
+        if v is pd.NA:
+            return ""
         if isinstance(v, float):
             return "" if pd.isna(v) else format(v, floatfmt)
         return str(v)

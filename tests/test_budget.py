@@ -119,3 +119,51 @@ def test_a_fixed_number_of_epochs_keeps_the_last_weights():
             for e, m in enumerate([0.5, 0.4, 0.45])]
     assert budget(hist, patience=0)["kept_epoch"] == 3
     assert budget(hist, patience=2)["kept_epoch"] == 2
+
+
+def test_fewer_sentences_read_a_prefix_of_the_longer_recording(general_teacher, tmp_path):
+    """No second recording for a subset: the first n sentences of the whole recording are the
+    recording of the first n sentences."""
+    from ffattn.distill import record
+    t = general_teacher
+    whole, _ = experiments.recordings(t, progress=False)
+    part, _ = experiments.recordings(t, 300, progress=False)
+    assert len(part) == 300 and part.folder == whole.folder
+    train = t.data["train"]
+    fresh = record(t.model, train.src_ids[:300], train.tgt_ids[:300], experiments.all_sources(t.cfg), tmp_path,
+                   progress=False)
+    idx = np.array([0, 5, 299])
+    for source in (("encoder", 1, "ELR"), ("cross", 0, "ALR")):
+        a, b = part.batch(source, idx), fresh.batch(source, idx)
+        for k in ("x", "target", "memory"):
+            if a[k] is not None:
+                assert torch.equal(a[k], b[k]), (source, k)
+
+
+def test_an_interrupted_student_resumes_to_the_same_weights(general_teacher, monkeypatch):
+    """Killed after its second epoch's checkpoint, a student resumes from it (optimiser and best
+    weights included) and ends where an uninterrupted run ends."""
+    import ffattn.distill as distill
+    t = general_teacher
+    s = Student("encoder", 0, "ALR", "XS")
+    runs = {}
+    for name in ("straight", "interrupted"):
+        tn = experiments.Teacher(t.cfg.replace(distill_epochs=4, distill_patience=0, lr_alr=3e-3),
+                                 t.model, t.data, t.run_dir / name)
+        if name == "interrupted":
+            real, calls = distill._checkpoint, []
+
+            def dying(*a, **k):
+                real(*a, **k)
+                calls.append(1)
+                if len(calls) == 2:
+                    raise KeyboardInterrupt
+            monkeypatch.setattr(distill, "_checkpoint", dying)
+            with pytest.raises(KeyboardInterrupt):
+                experiments.students(tn, [s], progress=False)
+            monkeypatch.setattr(distill, "_checkpoint", real)
+        (module, hist), = experiments.students(tn, [s], progress=False).values()
+        runs[name] = (module.state_dict(), [h["heldout_mse"] for h in hist])
+    assert runs["straight"][1] == runs["interrupted"][1]
+    for k, v in runs["straight"][0].items():
+        assert torch.equal(v, runs["interrupted"][0][k]), k

@@ -77,8 +77,9 @@ def test_run_folder_of_another_config_is_not_mixed(overfit_teacher):
 
 def test_empty_and_single_sentences(overfit_teacher):
     t = overfit_teacher
-    out = translate(t.model, t.tokenizers, ["", t.data["train"].src[0]])
-    assert len(out) == 2 and isinstance(out[0], str)
+    out = translate(t.model, t.tokenizers, ["", t.data["train"].src[0], "   "])
+    assert out[0] == "" and out[2] == "" and out[1] == translate(t.model, t.tokenizers, [t.data["train"].src[0]])[0]
+    assert out[1]
     with pytest.raises(TypeError, match="list of sentences"):
         translate(t.model, t.tokenizers, "ein Satz")
 
@@ -121,3 +122,13 @@ def test_cli_rejects_bad_values(capsys):
     with pytest.raises(SystemExit):
         main(["teacher", "--preset", "tiny", "--pair", "xx-yy"])
     assert "unknown pair 'xx-yy'" in capsys.readouterr().err
+
+
+def test_a_source_longer_than_a_students_width_is_cut_with_a_warning(overfit_teacher):
+    from ffattn.replace import build_replacement, install
+    t = overfit_teacher
+    model = install(t.model, {("encoder", 0, "ALR"): build_replacement(t.model, "encoder", 0, "ALR", "XS", 8)})
+    long, short = "ein Hund " * 10, "ein Hund"
+    with pytest.warns(UserWarning, match=r"1 of 2 sources are longer than the 8 tokens"):
+        out = translate(model, t.tokenizers, [long, short])
+    assert len(out) == 2

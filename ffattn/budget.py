@@ -1,0 +1,104 @@
+"""How much distillation does each replacement need? The budget study (chapter 8).
+
+The paper trained every student for a fixed 20 to 40 epochs of the whole training set and never
+asked how much of that each replacement needs. Here the same cells are distilled on the first
+1k, 3k, 10k and all training sentences, each under the same stopping rule, and scored like the
+grid: BLEU with the students installed, held-out MSE, and what it cost (epochs, optimiser
+steps, sentences seen, seconds). Every point goes through the grid's cache (the students'
+key holds `distill_sentences`), so the "all" points are the grid's own cells and a rerun only
+reads results back.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from . import experiments
+from .distill import kept_epoch
+
+SENTENCES = (1000, 3000, 10000, 0)  # 0: the whole training split
+CELLS = tuple([("encoder", sc, sz) for sc in ("ALR", "ASLR", "ALRR", "ELR") for sz in ("M", "L")]
+              + [("decoder", "ALR", "L"), ("cross", "ALR", "L"), ("cross_causal", "ALR", "L")])
+
+
+def cell_label(group: str, scheme: str, size: str) -> str:
+    return f"encoder {scheme}-{size}" if group == "encoder" else f"{group.replace('_', ' ')} {scheme}-{size}"
+
+
+def with_sentences(t: experiments.Teacher, n: int) -> experiments.Teacher:
+    """The same teacher, its students distilled on the first n training sentences (0: all)."""
+    return experiments.Teacher(t.cfg.replace(distill_sentences=n), t.model, t.data, t.run_dir, t.history)
+
+
+def study(t: experiments.Teacher, sentences=SENTENCES, cells=CELLS, progress: bool = True):
+    """Train (or load) and score every cell at every number of sentences.
+
+    Returns (points, curves): one row per (cell, sentences) with BLEU, relative BLEU, held-out
+    MSE (mean over layers, the kept epoch), epochs (most over layers), steps, sentences seen,
+    seconds; and one row per (cell, sentences, epoch) with the held-out MSE after that epoch
+    (mean over the cell's layers)."""
+    wanted = set(cells)
+    n_train = len(t.data["train"])
+    points, curves = [], []
+    for n in sentences:
+        tn = with_sentences(t, n)
+        chosen = [c for c in experiments.grid(tn.cfg) if c.trained and (c.group, c.scheme, c.size) in wanted]
+        df = experiments.run_grid(tn, chosen, progress=progress)
+        histories = experiments.train_students(tn, {s for c in chosen for s in c.students}, progress=False)
+        used = min(n or n_train, n_train)
+        for c in chosen:
+            row = df[(df.group == c.group) & (df.scheme == c.scheme) & (df["size"] == c.size) & df.trained].iloc[0]
+            points.append({"cell": cell_label(c.group, c.scheme, c.size), "group": c.group, "scheme": c.scheme,
+                           "size": c.size, "sentences": used, "bleu": row.bleu, "bleu_rel": row.bleu_rel,
+                           "heldout_mse": row.heldout_mse, "epochs": row.epochs, "steps": row.steps,
+                           "sentences_seen": row.sentences_seen, "distill_seconds": row.distill_seconds})
+            hs = [histories[s] for s in c.students]
+            for e in range(max(len(h) for h in hs)):
+                mses = [h[e]["heldout_mse"] for h in hs if e < len(h)]
+                curves.append({"cell": points[-1]["cell"], "sentences": used, "epoch": e + 1,
+                               "sentences_seen": used * (e + 1), "heldout_mse": float(np.mean(mses)),
+                               "kept": all(kept_epoch(h, tn.cfg.distill_patience) == e + 1 for h in hs if e < len(h))})
+    return pd.DataFrame(points), pd.DataFrame(curves)
+
+
+def enough(points: pd.DataFrame, tol: float = 1.0) -> pd.DataFrame:
+    """Per cell: BLEU at each number of sentences and the fewest sentences that come within `tol`
+    BLEU of the cell's best, with the epochs and sentences seen that point cost."""
+    table = points.pivot_table(index="cell", columns="sentences", values="bleu", aggfunc="first", sort=False)
+    rows = []
+    for cell, bleu in table.iterrows():
+        best = bleu.max()
+        n = min(k for k, v in bleu.items() if v >= best - tol)
+        p = points[(points.cell == cell) & (points.sentences == n)].iloc[0]
+        rows.append({"cell": cell, "best BLEU": best, f"fewest sentences within {tol:g} BLEU": n,
+                     "its epochs": int(p.epochs), "its sentences seen": int(p.sentences_seen)})
+    return table.join(pd.DataFrame(rows).set_index("cell"))
+
+
+def plot(points: pd.DataFrame, curves: pd.DataFrame, teacher_bleu: float, axes=None):
+    """Left: BLEU against training sentences (log scale), one line per cell. Right: held-out
+    MSE relative to the cell's final all-sentence value against sentences seen."""
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
+    if axes is None:
+        axes = plt.subplots(1, 2, figsize=(14, 4.5), layout="constrained")[1]
+    for k, (cell, sub) in enumerate(points.groupby("cell", sort=False)):
+        sub = sub.sort_values("sentences")
+        style = "-" if cell.startswith("encoder") else "--"
+        axes[0].plot(sub.sentences, sub.bleu, "o" + style, ms=4, color=f"C{k % 10}", label=cell)
+        c = curves[curves.cell == cell]
+        ref = c[c.sentences == c.sentences.max()].heldout_mse.min()
+        for n, cn in c.groupby("sentences"):
+            axes[1].plot(cn.sentences_seen, cn.heldout_mse / ref, style, color=f"C{k % 10}", lw=1,
+                         label=cell if n == c.sentences.max() else None)
+    axes[0].axhline(teacher_bleu, color="black", ls=":", label="teacher")
+    axes[0].set(xscale="log", xlabel="training sentences distilled on (log scale)", ylabel="sacreBLEU (test)",
+                title="BLEU against the data each student saw")
+    axes[1].set(xscale="log", yscale="log", xlabel="sentences seen (sentences x epochs, log scale)",
+                ylabel="held-out MSE / best on all sentences", title="Held-out MSE, one line per (cell, sentences)")
+    for ax in axes:
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))
+        ax.xaxis.set_minor_formatter(NullFormatter())
+    axes[0].legend(fontsize=7, ncol=2)
+    return axes
