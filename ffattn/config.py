@@ -64,7 +64,7 @@ class Config:
     length_penalty: float = _f(0.6, "decode", "GNMT length penalty alpha for beam search")
     valid_bleu_sentences: int = _f(200, "decode", "validation sentences decoded per epoch for BLEU (0: none)")
     # distill
-    distill_epochs: int = _f(8, "distill", "most epochs of each replacement network (the stopping rule's cap)")
+    distill_epochs: int = _f(5, "distill", "most epochs of each replacement network (the stopping rule's cap)")
     distill_patience: int = _f(2, "distill", "stop a student after this many epochs without its held-out MSE "
                                "improving by distill_min_delta (0: always run distill_epochs)")
     distill_min_delta: float = _f(0.01, "distill", "relative improvement of the held-out MSE that counts as one")
@@ -77,14 +77,21 @@ class Config:
         _check_choice("preset", self.preset, PRESETS)
         _check_choice("corpus", self.corpus, CORPORA)
         _check_choice("pair", self.pair, PAIRS)
+        for f in fields(self):
+            value, kind = getattr(self, f.name), type(f.default)
+            if kind in (int, float) and (isinstance(value, bool) or not isinstance(value, (int, float))):
+                raise ValueError(f"{f.name}={value!r} must be a number")
+        for name in _POSITIVE:
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name}={getattr(self, name)} must be positive (above 0)")
+        for name in _NON_NEGATIVE:
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name}={getattr(self, name)} must be 0 or more")
+        for name in _FRACTIONS:
+            if not 0 <= getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)} must lie in [0, 1)")
         if self.d_model % self.n_heads:
             raise ValueError(f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}")
-        for name in ("vocab_size", "max_len", "batch_tokens", "d_model", "n_heads", "d_ff",
-                     "epochs", "beam", "distill_batch"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name}={getattr(self, name)} must be a positive number")
-        if not 0 <= self.dropout < 1:
-            raise ValueError(f"dropout={self.dropout} must lie in [0, 1)")
 
     @property
     def src(self) -> str:
@@ -117,9 +124,16 @@ class Config:
         return dataclasses.replace(self, **overrides)
 
 
+# What each numeric setting may be (every field of Config is in exactly one group).
+_POSITIVE = ("vocab_size", "max_len", "batch_tokens", "d_model", "n_heads", "d_ff", "n_enc", "n_dec", "epochs",
+             "warmup", "lr_factor", "beam", "distill_epochs", "distill_batch", "lr_alr", "lr_other")
+_NON_NEGATIVE = ("train_limit", "valid_limit", "seed", "length_penalty", "valid_bleu_sentences",
+                 "distill_patience", "distill_sentences")
+_FRACTIONS = ("dropout", "label_smoothing", "distill_min_delta")
+
 PRESET_VALUES = {
     # CI and workshops: minutes on 2 CPU cores. Five epochs underfit, so no dropout. Students: at
-    # most 8 epochs of the whole training set (the grid takes about an hour on 2 cores).
+    # most 5 epochs of the whole training set (the grid takes about an hour on 2 cores).
     "tiny": dict(),
     # The CPU edition of the book; the README has its measured times and scores on 2 cores.
     "small": dict(vocab_size=5000, d_model=128, n_heads=8, d_ff=512, n_enc=3, n_dec=3,

@@ -132,3 +132,19 @@ def test_a_source_longer_than_a_students_width_is_cut_with_a_warning(overfit_tea
     with pytest.warns(UserWarning, match=r"1 of 2 sources are longer than the 8 tokens"):
         out = translate(model, t.tokenizers, [long, short])
     assert len(out) == 2
+
+
+def test_every_setting_is_validated_and_the_error_names_it():
+    """Walk every field of Config with a bad value: a ValueError that names the field."""
+    from dataclasses import fields
+
+    from ffattn.config import Config
+    bad = {str: "nonsense", int: -1, float: -0.5}
+    special = {"dropout": 1.0, "label_smoothing": 1.5, "distill_min_delta": 1.0, "n_enc": 0, "n_dec": 0,
+               "lr_alr": 0.0, "lr_other": 0.0, "warmup": 0, "lr_factor": 0.0, "distill_epochs": 0}
+    for f in fields(Config):
+        value = special.get(f.name, bad[type(f.default)])
+        with pytest.raises(ValueError, match=rf"\b{f.name}\b"):
+            get_config(value) if f.name == "preset" else get_config("tiny", **{f.name: value})
+    with pytest.raises(ValueError, match=r"epochs='three' is not a valid int"):
+        get_config("tiny", epochs="three")
