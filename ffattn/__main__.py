@@ -37,6 +37,7 @@ def _config(args) -> Config:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ffattn", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--debug", action="store_true", help="on an error, show the Python traceback too")
     sub = parser.add_subparsers(dest="command", required=True)
     commands = {
         "teacher": "train the teacher of a config (or load it) and print its history",
@@ -59,6 +60,24 @@ def main(argv=None) -> int:
     except ValueError as e:
         parser.error(str(e))
 
+    try:
+        return _run(args, cfg, extra)
+    except KeyboardInterrupt:
+        print("ffattn: interrupted; every finished epoch is saved and the next run resumes from it", file=sys.stderr)
+        return 130
+    except (ValueError, TypeError) as e:  # a bad value: ffattn's messages name it and the valid choices
+        if args.debug:
+            raise
+        print(f"ffattn: error: {e}", file=sys.stderr)
+        return 2
+    except (OSError, RuntimeError) as e:  # missing data, a damaged checkpoint, a failed download
+        if args.debug:
+            raise
+        print(f"ffattn: error: {e}", file=sys.stderr)
+        return 1
+
+
+def _run(args, cfg, extra) -> int:
     from . import experiments
     if args.command in extra:
         return extra[args.command][2](cfg, args) or 0
@@ -79,14 +98,9 @@ def main(argv=None) -> int:
 
 
 def _extra_commands() -> dict:
-    """Commands of the later rooms (reproduce, bench), registered when those modules exist."""
-    found = {}
-    try:
-        from .experiments import CLI_COMMANDS
-        found.update(CLI_COMMANDS)
-    except ImportError:
-        pass
-    return found
+    """Commands of the later rooms (reproduce, bench)."""
+    from .experiments import CLI_COMMANDS
+    return dict(CLI_COMMANDS)
 
 
 if __name__ == "__main__":

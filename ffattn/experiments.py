@@ -287,8 +287,9 @@ def reproduce(cfg: Config, pairs=("de-en",), progress: bool = True):
     from .config import PAIRS, _check_choice
     from .report import write_report
     frames = []
-    for pair in pairs:
+    for pair in pairs:  # every pair checked before anything is trained
         _check_choice("pair", pair, PAIRS)
+    for pair in pairs:
         t = teacher(cfg.replace(pair=pair), progress=progress)
         started = time.time()
         df = run_grid(t, progress=progress)

@@ -1,0 +1,34 @@
+"""The command line turns ffattn's errors into one message and an exit status, no traceback."""
+import pytest
+
+from ffattn.__main__ import main
+
+
+def run(argv) -> int:
+    """main's exit status, whether it returns it or argparse exits with it."""
+    try:
+        return main(argv)
+    except SystemExit as e:
+        return e.code
+
+
+@pytest.mark.parametrize("argv, status, message", [
+    (["teacher", "--preset", "huge"], 2, "invalid choice: 'huge'"),
+    (["teacher", "--pair", "de-xx"], 2, "unknown pair 'de-xx'; choose one of: de-en, en-de, fr-en, en-fr"),
+    (["teacher", "--epochs", "-3"], 2, "epochs=-3 must be positive"),
+    (["teacher", "--dropout", "1.5"], 2, "dropout=1.5 must lie in [0, 1)"),
+    (["reproduce", "--pairs", "de-en,xx-yy"], 2, "unknown pair 'xx-yy'"),
+])
+def test_bad_values_are_one_message_and_status_2(argv, status, message, capsys):
+    assert run(argv) == status
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_missing_data_offline_is_a_run_time_error_with_status_1(capsys, monkeypatch, tmp_path):
+    monkeypatch.setenv("FFATTN_DATA", str(tmp_path / "nowhere"))
+    monkeypatch.setenv("FFATTN_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("FFATTN_RUNS", str(tmp_path / "runs"))
+    assert main(["teacher", "--preset", "tiny", "--corpus", "iwslt2017"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("ffattn: error:") and "Traceback" not in err and "FFATTN" in err
