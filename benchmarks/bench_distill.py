@@ -23,7 +23,6 @@ import platform
 import tempfile
 import time
 
-import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 

@@ -74,9 +74,9 @@ class Config:
     lr_other: float = _f(1e-3, "distill", "constant learning rate of ALRR, ASLR, ELR (paper)")
 
     def __post_init__(self):
-        _check_choice("preset", self.preset, PRESETS)
-        _check_choice("corpus", self.corpus, CORPORA)
-        _check_choice("pair", self.pair, PAIRS)
+        check_choice("preset", self.preset, PRESETS)
+        check_choice("corpus", self.corpus, CORPORA)
+        check_choice("pair", self.pair, PAIRS)
         for f in fields(self):
             value, kind = getattr(self, f.name), type(f.default)
             if kind in (int, float) and (isinstance(value, bool) or not isinstance(value, (int, float))):
@@ -152,7 +152,7 @@ def get_config(preset: str | None = None, **overrides) -> Config:
     1
     """
     preset = preset or os.environ.get("FFATTN_PRESET", "tiny")
-    _check_choice("preset", preset, PRESETS)
+    check_choice("preset", preset, PRESETS)
     overrides = {k: v for k, v in overrides.items() if v is not None}
     _check_fields(overrides)
     values = {**PRESET_VALUES[preset], **overrides, "preset": preset}
@@ -194,9 +194,10 @@ def _check_fields(overrides: dict) -> None:
         raise ValueError(f"unknown setting(s) {bad}; valid settings: {sorted(names)}")
 
 
-def _check_choice(what: str, value, choices) -> None:
+def check_choice(what: str, value, choices) -> None:
+    """A ValueError naming the bad value and every valid choice."""
     if value not in choices:
-        raise ValueError(f"unknown {what} {value!r}; choose one of: {', '.join(choices)}")
+        raise ValueError(f"unknown {what} {value!r}; choose one of: {', '.join(map(str, choices))}")
 
 
 def _hash(d: dict) -> str:

@@ -520,7 +520,7 @@ def bench(cfg, cells=None, repeats: int | None = None, out: str | Path | None = 
     dec = next((e for e in entries if e["name"] == "decoder-ALR-L"), None)
     if dec is None:
         mods = {s.key: new_student(t.model, s, cfg.max_len, cfg.seed)
-                for s in experiments._all_layers(cfg, "decoder", "ALR", "L")}
+                for s in experiments.all_layers(cfg, "decoder", "ALR", "L")}
         dec = {"name": "decoder-ALR-L (untrained: same cost)", "model": install(t.model, mods).eval()}
     curve = {"models": {"teacher": t.model, dec["name"]: dec["model"]}, "src": src_batch,
              "steps": {"teacher": 2 * cfg.max_len, dec["name"]: sequence_limit(dec["model"])}}
@@ -531,7 +531,7 @@ def bench(cfg, cells=None, repeats: int | None = None, out: str | Path | None = 
                               "max_len": cfg.max_len, "teacher_key": cfg.teacher_key(),
                               "distill_key": cfg.distill_key()})
     check_schema(result)
-    from .evaluate import write_atomic
+    from .files import write_atomic
     write_atomic(out, json.dumps(result, indent=1))
     return result
 

@@ -29,7 +29,6 @@ import os
 import re
 import sys
 import tarfile
-import tempfile
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
@@ -41,6 +40,7 @@ import sentencepiece as spm
 import torch
 
 from .config import CORPORA, PAIRS
+from .files import write_atomic
 from .model import BOS, EOS, PAD, UNK
 
 # Multi30k: split name -> file stem. "test" is the usual test set (the 2016 Flickr one).
@@ -142,19 +142,6 @@ def _not_found(what: str, rel: str, tried: list[str], hint: str = "") -> DataNot
     return DataNotFoundError("\n".join(lines))
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write through a temporary file + os.replace: a crash never leaves half a file behind."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _check_gzip(data: bytes) -> None:
     if not gzip.decompress(data).strip():  # reading to the end also checks the CRC
         raise ValueError("empty gzip file")
@@ -183,7 +170,7 @@ def _download(url: str, rel: str, check: Callable[[bytes], None]) -> Path:
         raise ValueError(f"checksum mismatch for {url}")
     check(data)
     path = cache_dir() / rel
-    _atomic_write(path, data)
+    write_atomic(path, data)
     return path
 
 
@@ -426,7 +413,7 @@ def _save_prepared(x: str, splits: dict) -> None:
         for split, (xs, ens) in splits.items():
             for lang, lines in ((x, xs), ("en", ens)):
                 data = gzip.compress(("\n".join(lines) + "\n").encode(), mtime=0)
-                _atomic_write(cache_dir() / f"iwslt2017/{x}-en/{split}.{lang}.gz", data)
+                write_atomic(cache_dir() / f"iwslt2017/{x}-en/{split}.{lang}.gz", data)
     except OSError as e:
         print(f"ffattn: could not cache prepared IWSLT text: {e}", file=sys.stderr)
 
@@ -499,10 +486,10 @@ class Tokenizers:
 
     def save(self, folder: str | Path) -> None:
         folder = Path(folder)
-        _atomic_write(folder / "src.model", self.src_proto)
-        _atomic_write(folder / "tgt.model", self.tgt_proto)
+        write_atomic(folder / "src.model", self.src_proto)
+        write_atomic(folder / "tgt.model", self.tgt_proto)
         # the json last: its presence says both models are complete
-        _atomic_write(folder / "tokenizers.json", json.dumps(self.meta, indent=1).encode())
+        write_atomic(folder / "tokenizers.json", json.dumps(self.meta, indent=1).encode())
 
     @classmethod
     def load(cls, folder: str | Path) -> "Tokenizers":

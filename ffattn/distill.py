@@ -21,9 +21,8 @@ import torch
 from tqdm.auto import tqdm
 
 from .data import pad_batch
-from .evaluate import write_atomic
 from .replace import build_replacement, record_io
-from .train import load_checkpoint, save_atomic
+from .files import load_checkpoint, save_atomic, write_atomic
 
 
 @dataclass(frozen=True)
@@ -337,7 +336,7 @@ def train_students(teacher, students: list[Student], rec_train: Recording, rec_v
         for s in members:
             path = folder / f"{s.name}.pt"
             if path.exists():  # finished students: read the history only, load no weights
-                ck = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+                ck = load_checkpoint(path, mmap=True)
                 if ck.get("finished") and ck.get("distill_key") == cfg.distill_key():
                     out[s] = ck["history"]
                     continue

@@ -6,13 +6,12 @@ whole test sets, which is stricter and comparable across papers.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import sacrebleu
 
 from .decode import translate
+from .files import write_atomic
 
 
 def score(hypotheses: list[str], references: list[str]) -> dict:
@@ -42,13 +41,3 @@ def evaluate(model, tokenizers, sources: list[str], references: list[str], beam:
         write_atomic(out_dir / f"{name}.json", json.dumps(metrics, indent=1))
     metrics["hypotheses"] = hyps
     return metrics
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write to a temporary file beside `path`, then rename: a crash never leaves half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)

@@ -16,9 +16,10 @@ from tqdm.auto import tqdm
 
 from . import data as data_mod
 from .config import Config, get_config
-from .evaluate import evaluate, write_atomic
+from .evaluate import evaluate
+from .files import load_checkpoint, write_atomic
 from .model import Transformer
-from .train import check_config, default_device, load_checkpoint, train_teacher
+from .train import check_config, default_device, train_teacher
 
 
 @dataclass
@@ -103,7 +104,8 @@ class Cell:
         return f"{self.group}-{self.scheme}-{self.size}" + ("" if self.trained else "-untrained")
 
 
-def _all_layers(cfg, where, scheme, size):
+def all_layers(cfg, where, scheme, size):
+    """One Student per layer of `where`: a replacement in every layer at once."""
     from .distill import Student
     n = cfg.n_enc if where == "encoder" else cfg.n_dec
     return tuple(Student(where, i, scheme, size) for i in range(n))
@@ -115,14 +117,14 @@ def grid(cfg, sizes=("XS", "S", "M", "L"), full_size: str = "L", floor_size: str
     ALR x sizes, the paper's form and the causal form; the attentionless Transformer (both
     cross forms) at `full_size`; untrained students at `floor_size` as the floor."""
     from .config import SCHEMES
-    cells = [Cell("encoder", sc, sz, _all_layers(cfg, "encoder", sc, sz)) for sc in SCHEMES for sz in sizes]
+    cells = [Cell("encoder", sc, sz, all_layers(cfg, "encoder", sc, sz)) for sc in SCHEMES for sz in sizes]
     for where in ("decoder", "cross", "cross_causal"):
-        cells += [Cell(where, "ALR", sz, _all_layers(cfg, where, "ALR", sz)) for sz in sizes]
+        cells += [Cell(where, "ALR", sz, all_layers(cfg, where, "ALR", sz)) for sz in sizes]
     for group, cross in (("attentionless", "cross"), ("attentionless_causal", "cross_causal")):
-        parts = sum((_all_layers(cfg, w, "ALR", full_size) for w in ("encoder", "decoder", cross)), ())
+        parts = sum((all_layers(cfg, w, "ALR", full_size) for w in ("encoder", "decoder", cross)), ())
         cells.append(Cell(group, "ALR", full_size, parts))
     for where in ("encoder", "decoder", "cross"):
-        cells.append(Cell(where, "ALR", floor_size, _all_layers(cfg, where, "ALR", floor_size), trained=False))
+        cells.append(Cell(where, "ALR", floor_size, all_layers(cfg, where, "ALR", floor_size), trained=False))
     return cells
 
 
@@ -284,11 +286,11 @@ def reproduce(cfg: Config, pairs=("de-en",), progress: bool = True):
     results.csv, results.md and figures to runs/results-<corpus>-<preset>-<hash>/."""
     import pandas as pd
 
-    from .config import PAIRS, _check_choice
+    from .config import PAIRS, check_choice
     from .report import write_report
     frames = []
     for pair in pairs:  # every pair checked before anything is trained
-        _check_choice("pair", pair, PAIRS)
+        check_choice("pair", pair, PAIRS)
     for pair in pairs:
         t = teacher(cfg.replace(pair=pair), progress=progress)
         started = time.time()

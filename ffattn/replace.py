@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ffattn.config import SCHEMES, SIZES
+from ffattn.config import SCHEMES, SIZES, check_choice
 from ffattn.model import MultiHeadAttention, Transformer
 
 WHERES = ("encoder", "decoder", "cross", "cross_causal")
@@ -41,15 +41,10 @@ _HIDDEN = {"XS": (1, 256), "S": (1, 128), "M": (1, 8), "L": (1, 2), "XL": (2, 1)
 _HIDDEN_ASLR = {"XS": (1, 32), "S": (1, 16), "M": (1, 8), "L": (1, 4), "XL": (1, 2)}
 
 
-def _check_choice(what: str, value, choices) -> None:
-    if value not in choices:
-        raise ValueError(f"unknown {what} {value!r}; choose one of: {', '.join(map(str, choices))}")
-
-
 def _check_slot(where: str, scheme: str) -> None:
     """Only encoder self-attention has four schemes; the paper uses ALR everywhere else."""
-    _check_choice("where", where, WHERES)
-    _check_choice("scheme", scheme, SCHEMES)
+    check_choice("where", where, WHERES)
+    check_choice("scheme", scheme, SCHEMES)
     if where != "encoder" and scheme != "ALR":
         raise ValueError(f"scheme {scheme!r} is not available for where={where!r}; "
                          f"choose one of: ALR (ALRR, ASLR, ELR replace encoder layers only)")
@@ -80,8 +75,8 @@ class ShallowFF(nn.Module):
 
 def hidden_width(scheme: str, size: str, max_len: int, d_model: int) -> int:
     """Hidden width of the FF for a scheme and size, relative to W = max_len * d_model."""
-    _check_choice("scheme", scheme, SCHEMES)
-    _check_choice("size", size, SIZES)
+    check_choice("scheme", scheme, SCHEMES)
+    check_choice("size", size, SIZES)
     num, den = (_HIDDEN_ASLR if scheme == "ASLR" else _HIDDEN)[size]
     return max(1, max_len * d_model * num // den)
 
@@ -459,7 +454,7 @@ def build_replacement(teacher: Transformer, where: str, layer: int, scheme: str,
                       max_len: int) -> nn.Module:
     """A randomly initialised replacement for one slot, holding the teacher's W_O if kept."""
     _check_slot(where, scheme)
-    _check_choice("size", size, SIZES)
+    check_choice("size", size, SIZES)
     _check_layer(teacher, where, layer)
     side = teacher.encoder if where == "encoder" else teacher.decoder
     block = side.layers[layer].self_attn_block if where in ("encoder", "decoder") \

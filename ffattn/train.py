@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 import time
 from pathlib import Path
 
@@ -18,7 +16,8 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .decode import greedy, pad_batch
-from .evaluate import score, write_atomic
+from .evaluate import score
+from .files import load_checkpoint, save_atomic, write_atomic
 from .model import PAD, Transformer
 
 
@@ -55,29 +54,6 @@ def validation_loss(model, batches) -> float:
         loss, k = batch_loss(model, src, tgt)
         total, n = total + loss.item(), n + k
     return total / max(n, 1)
-
-
-def save_atomic(obj, path: Path) -> None:
-    """torch.save to a temporary file, then rename: an interrupted save leaves the old file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def load_checkpoint(path: Path) -> dict:
-    """torch.load with weights_only=True; a clear error for a damaged file."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated zip, wrong format, ...
-        raise RuntimeError(f"checkpoint {path} is damaged or not a checkpoint ({e.__class__.__name__}: "
-                           f"{e}); delete it to retrain") from e
 
 
 def train_teacher(cfg, data, run_dir: Path, progress: bool = True, stop_after_epoch: int | None = None):
