@@ -236,7 +236,7 @@ def run_grid(t: Teacher, cells: list[Cell] | None = None, progress: bool = True)
     at a time."""
     import pandas as pd
 
-    from .distill import budget, heldout_mse, load_student, new_student
+    from .distill import budget, heldout_mse, load_student, new_student, stop_reason
     cells = cells or grid(t.cfg)
     started = time.time()
     needed = {s for c in cells if c.trained for s in c.students}
@@ -253,10 +253,12 @@ def run_grid(t: Teacher, cells: list[Cell] | None = None, progress: bool = True)
             mods = [loaded[s][0] for s in cell.students]
             spent = [budget(histories[s], t.cfg.distill_patience) for s in cell.students]
             mse = [b["heldout_mse"] for b in spent]
+            at_cap = sum(stop_reason([h["heldout_mse"] for h in histories[s]], t.cfg.distill_patience,
+                                     t.cfg.distill_min_delta, t.cfg.distill_epochs) == "cap" for s in cell.students)
         else:
             loaded = None
             mods = [new_student(t.model, s, t.cfg.max_len, t.cfg.seed) for s in cell.students]
-            spent = [budget([]) for _ in cell.students]
+            spent, at_cap = [budget([]) for _ in cell.students], 0
             mse = [heldout_mse(mod, rec_valid, s.source) for mod, s in zip(mods, cell.students)]
         m = evaluate_cell(t, cell, loaded, progress=False)
         rows.append({"pair": t.cfg.pair, "group": cell.group, "scheme": cell.scheme, "size": cell.size,
@@ -269,12 +271,13 @@ def run_grid(t: Teacher, cells: list[Cell] | None = None, progress: bool = True)
                      "epochs": max(b["epochs"] for b in spent),
                      "steps": sum(b["steps"] for b in spent),
                      "sentences_seen": max(b["sentences_seen"] for b in spent),
-                     "distill_seconds": round(sum(b["seconds"] for b in spent), 1)})
+                     "distill_seconds": round(sum(b["seconds"] for b in spent), 1),
+                     "students_at_cap": at_cap})
         del loaded, mods
     teacher_row = {"pair": t.cfg.pair, "group": "teacher", "scheme": "-", "size": "-", "trained": True,
                    "bleu": base["bleu"], "chrf": base["chrf"], "bleu_rel": 100.0, "heldout_mse": 0.0,
                    "replaced_params": 0, "students": 0, "distill_sentences": 0, "epochs": 0, "steps": 0,
-                   "sentences_seen": 0, "distill_seconds": 0.0}
+                   "sentences_seen": 0, "distill_seconds": 0.0, "students_at_cap": 0}
     df = pd.DataFrame([teacher_row] + rows)
     df["budget"] = budget_line(t.cfg, n_train)
     df.attrs["train_seconds"] = train_seconds

@@ -79,8 +79,15 @@ def budget_lines(df: pd.DataFrame) -> str:
     """One line per direction: the distillation budget the table was measured at."""
     if "budget" not in df:
         return "budget: not recorded"
-    rows = df[df.group != "teacher"].groupby("pair", sort=False)["budget"].first()
-    return "\n".join(f"- {pair}: {text}" for pair, text in rows.items())
+    lines = []
+    for pair, d in df[df.group != "teacher"].groupby("pair", sort=False):
+        line = f"- {pair}: {d['budget'].iloc[0]}"
+        if "students_at_cap" in d:  # each student counted once (the attentionless cells reuse others)
+            own = d[d.trained & ~d.group.str.startswith("attentionless")]
+            line += (f"; {int(own.students_at_cap.sum())} of {int(own.students.sum())} students stopped at the cap, "
+                     f"still improving, the others on a plateau")
+        lines.append(line)
+    return "\n".join(lines)
 
 
 def markdown_report(df: pd.DataFrame) -> str:

@@ -71,3 +71,14 @@ def test_the_markdown_report_states_the_budget_next_to_the_tables():
     text = report.markdown_report(df)
     assert "29,000 of 29,000" in text.split("## Encoder")[0]
     assert "| de-en | encoder ALRR | 7 | 7 | 7 | 7 |" in text
+
+
+def test_the_budget_line_counts_the_students_the_cap_stopped():
+    df = grid()
+    df["budget"] = "each student distilled on all sentences"
+    df["students"] = 2
+    df["students_at_cap"] = 0
+    df.loc[(df.group == "encoder") & (df.scheme == "ALRR"), "students_at_cap"] = 2  # 4 cells x 2 layers
+    text = report.budget_lines(df)
+    trained_cells = int((df.trained & ~df.group.str.startswith("attentionless") & (df.group != "teacher")).sum())
+    assert f"8 of {2 * trained_cells} students stopped at the cap" in text
