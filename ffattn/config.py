@@ -25,8 +25,8 @@ SIZES = ("XS", "S", "M", "L", "XL")
 # Bump when a change in the code makes old artifacts wrong: it is part of every cache key.
 ARTIFACT_VERSION = 1
 # Bump when students or their checkpoints change form: part of the students' key only, so the
-# teacher and its recordings stay valid (2: ASLR's heads batched, best-epoch students).
-STUDENT_VERSION = 2
+# teacher and its recordings stay valid (2: ASLR's heads batched, best-epoch students; 3: random batches).
+STUDENT_VERSION = 3
 
 
 def _f(default, group, help):

@@ -260,11 +260,15 @@ def budget(history, patience: int = 1) -> dict:
 
 # ----------------------------------------------------------------------------- training
 
-def epoch_batches(lengths, batch: int, seed: int, epoch: int, pool: int = 32) -> list[np.ndarray]:
-    """The batches of one epoch: sentence indices, shuffled, then sorted by length within pools
-    of `pool` batches, so a batch holds sentences of similar length (the causal students'
-    work grows with the longest sentence of a batch), and the batches themselves shuffled.
-    The same seed and epoch give the same batches, so a resumed run repeats them."""
+def epoch_batches(lengths, batch: int, seed: int, epoch: int, pool: int = 1) -> list[np.ndarray]:
+    """The batches of one epoch: sentence indices shuffled, cut into batches (indices sorted
+    within a batch, for reading the recording in order). The same seed and epoch give the same
+    batches, so a resumed run repeats them.
+
+    `pool` > 1 sorts sentences by length within pools of that many batches, so a batch holds
+    sentences of similar length: the causal students' work grows with a batch's longest
+    sentence, but measured at `tiny` it made encoder ALRR-L's held-out MSE after 3 epochs twice
+    as high (0.585 against 0.266), so the trainer uses random batches (pool 1)."""
     rng = np.random.default_rng([seed, epoch])
     order = rng.permutation(len(lengths))
     out = []

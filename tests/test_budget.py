@@ -39,8 +39,10 @@ def test_budget_reports_the_kept_epoch_and_the_work_done():
     assert (b["epochs"], b["kept_epoch"], b["steps"], b["sentences_seen"], b["heldout_mse"]) == (3, 2, 30, 300, 0.4)
 
 
-def test_epoch_batches_cover_every_sentence_once_group_similar_lengths_and_repeat():
+def test_epoch_batches_cover_every_sentence_once_and_repeat_and_can_group_lengths():
     lengths = np.random.default_rng(0).integers(1, 50, size=1000)
+    plain = epoch_batches(lengths, 16, seed=3, epoch=1)
+    assert sorted(np.concatenate(plain).tolist()) == list(range(1000))
     batches = epoch_batches(lengths, 16, seed=3, epoch=1, pool=8)
     assert sorted(np.concatenate(batches).tolist()) == list(range(1000))
     assert all(len(b) <= 16 for b in batches)
