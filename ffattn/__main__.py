@@ -97,10 +97,56 @@ def _run(args, cfg, extra) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------- the later rooms' commands
+
+def _reproduce_args(p):
+    p.add_argument("--pairs", default="de-en", help="comma-separated directions, e.g. de-en,en-de,fr-en,en-fr")
+
+
+def _reproduce(cfg, args):
+    from .experiments import reproduce
+    from .report import markdown_report
+    pairs = [p.strip() for p in args.pairs.split(",") if p.strip()]
+    df, files = reproduce(cfg, pairs)
+    print(markdown_report(df))
+    for name, path in files.items():
+        print(f"{name}: {path}")
+
+
+def _bench_args(p):
+    p.add_argument("--repeats", type=int, default=None,
+                   help="timed runs per measurement, medians reported (default: 3 at tiny, 5 small, 10 paper)")
+    p.add_argument("--cells", default=None,
+                   help="comma-separated grid cells, e.g. encoder-ALR-M,decoder-ALR-L "
+                        "(default: a representative subset)")
+    p.add_argument("--out", default=None, help="where to write the JSON (default: the run's distillation folder)")
+
+
+def _bench(cfg, args):
+    from . import cost, experiments
+    from .report import to_markdown
+    cells = [c.strip() for c in args.cells.split(",") if c.strip()] if args.cells else None
+    result = cost.bench(cfg, cells=cells, repeats=args.repeats, out=args.out, progress=True)
+    df = cost.tradeoff(result)
+    cols = ["name", "bleu", "params_total", "flops_per_sentence"] + \
+        [c for c in df.columns if c.startswith("latency_") and not c.endswith("_x")] + \
+        ["out_tokens", "max_out_tokens", "peak_mem_mb"]
+    print(to_markdown(df[cols], floatfmt=".3g"))
+    print("\nlatency in ms: the median of the runs, with _min and _max beside it; steps_b<B>: encoding the "
+          f"batch and {result['settings']['fixed_steps']} greedy steps, the same work for every model\n")
+    for line in cost.decision_table(result)["decision"]:
+        print("-", line)
+    m = result["machine"]
+    print(f"\nmeasured in {result['seconds']:.0f} s on {m['cpu']} ({m['threads']} threads, torch {m['torch']})")
+    print("written to", args.out or cost.bench_path(experiments.teacher(cfg, progress=False)))
+
+
 def _extra_commands() -> dict:
-    """Commands of the later rooms (reproduce, bench)."""
-    from .experiments import CLI_COMMANDS
-    return dict(CLI_COMMANDS)
+    """{name: (help, add_arguments, run)} of the commands beyond the teacher's."""
+    return {"reproduce": ("train or load the whole grid of replacements and write the results tables",
+                          _reproduce_args, _reproduce),
+            "bench": ("measure parameters, FLOPs, CPU latency and memory of the teacher and grid cells; "
+                      "write bench.json and print the tables", _bench_args, _bench)}
 
 
 if __name__ == "__main__":

@@ -44,7 +44,7 @@ def study(t: experiments.Teacher, sentences=SENTENCES, cells=CELLS, progress: bo
         tn = with_sentences(t, n)
         chosen = [c for c in experiments.grid(tn.cfg) if c.trained and (c.group, c.scheme, c.size) in wanted]
         df = experiments.run_grid(tn, chosen, progress=progress)
-        histories = experiments.train_students(tn, {s for c in chosen for s in c.students}, progress=False)
+        histories = df.attrs["histories"]
         used = min(n or n_train, n_train)
         for c in chosen:
             row = df[(df.group == c.group) & (df.scheme == c.scheme) & (df["size"] == c.size) & df.trained].iloc[0]

@@ -20,7 +20,19 @@ PAIRS = ("de-en", "en-de", "fr-en", "en-fr")
 CORPORA = ("multi30k", "iwslt2017")
 PRESETS = ("tiny", "small", "paper")
 SCHEMES = ("ALR", "ALRR", "ASLR", "ELR")
-SIZES = ("XS", "S", "M", "L", "XL")
+SIZES = ("XS", "S", "M", "L", "XL")  # smallest to largest: the order of every table's columns
+# The grid's groups, in the book's order: what each replaces (tables, decisions) and a short
+# name (plot labels). Every room words them from here.
+GROUP_LABELS = {
+    "encoder": "encoder self-attention",
+    "decoder": "decoder self-attention",
+    "cross": "cross-attention (paper form)",
+    "cross_causal": "cross-attention (causal form)",
+    "attentionless": "all attention (paper cross form)",
+    "attentionless_causal": "all attention (causal cross form)",
+}
+GROUP_SHORT = {"encoder": "enc", "decoder": "dec", "cross": "cross", "cross_causal": "cross causal",
+               "attentionless": "no attention", "attentionless_causal": "no attention, causal"}
 
 # Bump when a change in the code makes old artifacts wrong: it is part of every cache key.
 ARTIFACT_VERSION = 1

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from .data import pad_batch
 from .replace import build_replacement, record_io
-from .files import load_checkpoint, save_atomic, write_atomic
+from .files import load_checkpoint, locks, save_atomic, write_atomic
 
 
 @dataclass(frozen=True)
@@ -336,72 +336,79 @@ def train_students(teacher, students: list[Student], rec_train: Recording, rec_v
     for s in students:
         groups.setdefault(s.source, []).append(s)
     for source, members in groups.items():
-        state = {}
-        for s in members:
-            path = folder / f"{s.name}.pt"
-            if path.exists():  # finished students: read the history only, load no weights
-                ck = load_checkpoint(path, mmap=True)
-                if ck.get("finished") and ck.get("distill_key") == cfg.distill_key():
-                    out[s] = ck["history"]
-                    continue
-            state[s] = _load_state(teacher, s, cfg, folder)
-        todo = [s for s in members if s in state]
-        if not todo:
-            continue
-        valid = _batches(rec_valid, source)
-        bar = tqdm(desc=f"distilling {_name(source)} ({', '.join(s.where + ' ' + s.scheme + '-' + s.size for s in todo)})",
-                   total=cfg.distill_epochs, initial=min(state[s]["epoch"] for s in todo),
-                   unit="epoch", disable=not progress, leave=False)
-        active = list(todo)
-        while active:
-            epoch = min(state[s]["epoch"] for s in active)
-            stepping = [s for s in active if state[s]["epoch"] == epoch]
-            seconds = {s: 0.0 for s in stepping}
-            losses = {s: [0.0, 0] for s in stepping}
-            for s in stepping:
-                st = state[s]
-                st["module"].train()
-                # the weights going into this epoch are the best so far: keep a copy before they move
-                st["candidate"] = None if st["best"] is not None or not st["history"] else \
-                    {k: v.detach().clone() for k, v in st["module"].state_dict().items()}
-            lengths = rec_train.src_len if source[0] == "encoder" else rec_train.tgt_len
-            started = time.perf_counter()
-            for idx in epoch_batches(lengths, cfg.distill_batch, cfg.seed, epoch):
-                b = rec_train.batch(source, idx)
-                for s in stepping:
-                    t0 = time.perf_counter()
-                    st = state[s]
-                    pred = st["module"].distill_forward(b["x"], b["x_pad"], b["memory"], b["memory_pad"])
-                    loss = masked_mse(pred, b["target"], b["x_pad"])
-                    st["opt"].zero_grad(set_to_none=True)
-                    loss.backward()
-                    st["opt"].step()
-                    seconds[s] += time.perf_counter() - t0
-                    losses[s][0] += loss.item()
-                    losses[s][1] += 1
-            loading = time.perf_counter() - started - sum(seconds.values())  # gathering batches
-            for s in stepping:
-                st = state[s]
-                t0 = time.perf_counter()
-                mse = _heldout(st["module"], valid)
-                st["epoch"] = epoch + 1
-                st["history"].append({"epoch": epoch + 1, "train_mse": losses[s][0] / losses[s][1],
-                                      "heldout_mse": mse, "steps": losses[s][1], "sentences": len(rec_train),
-                                      "seconds": seconds[s], "heldout_seconds": time.perf_counter() - t0,
-                                      "loading_seconds": loading / len(stepping)})
-                if kept_epoch(st["history"], cfg.distill_patience) == st["epoch"]:
-                    st["best"] = None  # the current weights are the best
-                elif st["best"] is None:
-                    st["best"] = st["candidate"]
-                st["candidate"] = None
-                stopped = stop_reason([h["heldout_mse"] for h in st["history"]], cfg.distill_patience,
-                                      cfg.distill_min_delta, cfg.distill_epochs)
-                _checkpoint(cfg, s, st["path"], st, finished=stopped is not None, stopped=stopped)
-                if stopped:
-                    active.remove(s)
-                    out[s] = st["history"]
-                    del state[s]  # free its weights and optimiser
-            bar.update(1)
-            bar.set_postfix(students=len(active))
-        bar.close()
+        # each student under its own lock: another process asking for it waits, then loads it
+        with locks([folder / f"{s.name}.pt" for s in members], f"the students of {_name(source)}"):
+            _train_group(teacher, source, members, rec_train, rec_valid, cfg, folder, progress, out)
     return out
+
+
+def _train_group(teacher, source, members, rec_train, rec_valid, cfg, folder, progress, out) -> None:
+    """Train the unfinished students of `members`, which all learn from `source`, into `out`."""
+    state = {}
+    for s in members:
+        path = folder / f"{s.name}.pt"
+        if path.exists():  # finished students: read the history only, load no weights
+            ck = load_checkpoint(path, mmap=True)
+            if ck.get("finished") and ck.get("distill_key") == cfg.distill_key():
+                out[s] = ck["history"]
+                continue
+        state[s] = _load_state(teacher, s, cfg, folder)
+    todo = [s for s in members if s in state]
+    if not todo:
+        return
+    valid = _batches(rec_valid, source)
+    bar = tqdm(desc=f"distilling {_name(source)} ({', '.join(s.where + ' ' + s.scheme + '-' + s.size for s in todo)})",
+               total=cfg.distill_epochs, initial=min(state[s]["epoch"] for s in todo),
+               unit="epoch", disable=not progress, leave=False)
+    active = list(todo)
+    while active:
+        epoch = min(state[s]["epoch"] for s in active)
+        stepping = [s for s in active if state[s]["epoch"] == epoch]
+        seconds = {s: 0.0 for s in stepping}
+        losses = {s: [0.0, 0] for s in stepping}
+        for s in stepping:
+            st = state[s]
+            st["module"].train()
+            # the weights going into this epoch are the best so far: keep a copy before they move
+            st["candidate"] = None if st["best"] is not None or not st["history"] else \
+                {k: v.detach().clone() for k, v in st["module"].state_dict().items()}
+        lengths = rec_train.src_len if source[0] == "encoder" else rec_train.tgt_len
+        started = time.perf_counter()
+        for idx in epoch_batches(lengths, cfg.distill_batch, cfg.seed, epoch):
+            b = rec_train.batch(source, idx)
+            for s in stepping:
+                t0 = time.perf_counter()
+                st = state[s]
+                pred = st["module"].distill_forward(b["x"], b["x_pad"], b["memory"], b["memory_pad"])
+                loss = masked_mse(pred, b["target"], b["x_pad"])
+                st["opt"].zero_grad(set_to_none=True)
+                loss.backward()
+                st["opt"].step()
+                seconds[s] += time.perf_counter() - t0
+                losses[s][0] += loss.item()
+                losses[s][1] += 1
+        loading = time.perf_counter() - started - sum(seconds.values())  # gathering batches
+        for s in stepping:
+            st = state[s]
+            t0 = time.perf_counter()
+            mse = _heldout(st["module"], valid)
+            st["epoch"] = epoch + 1
+            st["history"].append({"epoch": epoch + 1, "train_mse": losses[s][0] / losses[s][1],
+                                  "heldout_mse": mse, "steps": losses[s][1], "sentences": len(rec_train),
+                                  "seconds": seconds[s], "heldout_seconds": time.perf_counter() - t0,
+                                  "loading_seconds": loading / len(stepping)})
+            if kept_epoch(st["history"], cfg.distill_patience) == st["epoch"]:
+                st["best"] = None  # the current weights are the best
+            elif st["best"] is None:
+                st["best"] = st["candidate"]
+            st["candidate"] = None
+            stopped = stop_reason([h["heldout_mse"] for h in st["history"]], cfg.distill_patience,
+                                  cfg.distill_min_delta, cfg.distill_epochs)
+            _checkpoint(cfg, s, st["path"], st, finished=stopped is not None, stopped=stopped)
+            if stopped:
+                active.remove(s)
+                out[s] = st["history"]
+                del state[s]  # free its weights and optimiser
+        bar.update(1)
+        bar.set_postfix(students=len(active))
+    bar.close()

@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 from . import data as data_mod
 from .config import Config, get_config
 from .evaluate import evaluate
-from .files import load_checkpoint, write_atomic
+from .files import load_checkpoint, lock, write_atomic
 from .model import Transformer
 from .train import check_config, default_device, train_teacher
 
@@ -43,22 +43,24 @@ class Teacher:
 
 
 def teacher(cfg: Config | None = None, progress: bool = True, **overrides) -> Teacher:
-    """The teacher of `cfg` (or of `get_config(**overrides)`): loaded if finished, else trained."""
+    """The teacher of `cfg` (or of `get_config(**overrides)`): loaded if finished, else trained.
+
+    Under the teacher's lock: a second process asking for it meanwhile waits, then loads it."""
     cfg = cfg.replace(**overrides) if cfg is not None and overrides else cfg or get_config(**overrides)
     run_dir = cfg.run_dir()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    _write_config(cfg, run_dir)
-    data = data_mod.prepare(cfg)
     path = run_dir / "teacher.pt"
-    if path.exists():
-        ck = load_checkpoint(path)
-        check_config(ck, cfg, path)
-        if ck["epoch"] >= cfg.epochs:
-            model = Transformer.from_config(cfg, data.tok.src_vocab_size, data.tok.tgt_vocab_size)
-            model.load_state_dict(ck["model"])
-            return Teacher(cfg, model.to(default_device()).eval(), data, run_dir, ck["history"])
-    model, history = train_teacher(cfg, data, run_dir, progress=progress)
-    return Teacher(cfg, model, data, run_dir, history)
+    with lock(path, f"the teacher {run_dir.name}"):
+        _write_config(cfg, run_dir)
+        data = data_mod.prepare(cfg)
+        if path.exists():
+            ck = load_checkpoint(path)
+            check_config(ck, cfg, path)
+            if ck["epoch"] >= cfg.epochs:
+                model = Transformer.from_config(cfg, data.tok.src_vocab_size, data.tok.tgt_vocab_size)
+                model.load_state_dict(ck["model"])
+                return Teacher(cfg, model.to(default_device()).eval(), data, run_dir, ck["history"])
+        model, history = train_teacher(cfg, data, run_dir, progress=progress)
+        return Teacher(cfg, model, data, run_dir, history)
 
 
 def teacher_metrics(t: Teacher, split: str = "test", beam: int | None = None, progress: bool = True) -> dict:
@@ -66,15 +68,16 @@ def teacher_metrics(t: Teacher, split: str = "test", beam: int | None = None, pr
     beam = beam or t.cfg.beam
     name = f"{split}-beam{beam}"
     path = t.run_dir / "eval" / f"{name}.json"
-    if path.exists():
-        m = json.loads(path.read_text())
-        m["hypotheses"] = (t.run_dir / "eval" / f"{name}.hyp.txt").read_text().splitlines()
-        return m
-    if split not in t.data.splits:
-        t.data = data_mod.prepare(t.cfg, splits=(*t.data.splits, split))
-    src, ref = t.data[split].src, t.data[split].tgt
-    return evaluate(t.model, t.tokenizers, src, ref, beam=beam, length_penalty=t.cfg.length_penalty,
-                    out_dir=t.run_dir / "eval", name=name, progress=progress)
+    with lock(path, f"the teacher's scores on {split}"):
+        if path.exists():
+            m = json.loads(path.read_text())
+            m["hypotheses"] = (t.run_dir / "eval" / f"{name}.hyp.txt").read_text().splitlines()
+            return m
+        if split not in t.data.splits:
+            t.data = data_mod.prepare(t.cfg, splits=(*t.data.splits, split))
+        src, ref = t.data[split].src, t.data[split].tgt
+        return evaluate(t.model, t.tokenizers, src, ref, beam=beam, length_penalty=t.cfg.length_penalty,
+                        out_dir=t.run_dir / "eval", name=name, progress=progress)
 
 
 def _write_config(cfg: Config, run_dir: Path) -> None:
@@ -153,16 +156,18 @@ def recordings(t: Teacher, sentences: int | None = None, progress: bool = True):
     n = sentences if sentences is not None else t.cfg.distill_sentences
     n = min(n or len(train), len(train))
     folder = t.run_dir / "recordings"
-    larger = sorted((int(json.loads((f / "meta.json").read_text())["sentences"]), f)
-                    for f in folder.glob("train-*") if (f / "meta.json").exists())
-    larger = [(k, f) for k, f in larger if k >= n]
-    if larger and larger[0][1].name != f"train-{n}":  # the first n sentences of a longer recording
-        rec_train = Recording(larger[0][1], limit=n)
-    else:
-        rec_train = record(t.model, train.src_ids[:n], train.tgt_ids[:n], sources, folder / f"train-{n}",
+    with lock(folder / f"train-{n}", f"the teacher's recording of {n} training sentences"):
+        larger = sorted((int(json.loads((f / "meta.json").read_text())["sentences"]), f)
+                        for f in folder.glob("train-*") if (f / "meta.json").exists())
+        larger = [(k, f) for k, f in larger if k >= n]
+        if larger and larger[0][1].name != f"train-{n}":  # the first n sentences of a longer recording
+            rec_train = Recording(larger[0][1], limit=n)
+        else:
+            rec_train = record(t.model, train.src_ids[:n], train.tgt_ids[:n], sources, folder / f"train-{n}",
+                               progress=progress)
+    with lock(folder / f"valid-{len(valid)}", "the teacher's recording of the validation split"):
+        rec_valid = record(t.model, valid.src_ids, valid.tgt_ids, sources, folder / f"valid-{len(valid)}",
                            progress=progress)
-    rec_valid = record(t.model, valid.src_ids, valid.tgt_ids, sources, folder / f"valid-{len(valid)}",
-                       progress=progress)
     return rec_train, rec_valid
 
 
@@ -206,14 +211,15 @@ def evaluate_cell(t: Teacher, cell: Cell, trained: dict | None = None, split: st
     beam = t.cfg.beam
     out_dir = distill_dir(t) / "eval"
     path = out_dir / f"{cell.name}.{split}-beam{beam}.json"
-    if path.exists():
-        return json.loads(path.read_text())
-    model = cell_model(t, cell, trained)
-    if split not in t.data.splits:
-        t.data = data_mod.prepare(t.cfg, splits=(*t.data.splits, split))
-    src, ref = t.data[split].src, t.data[split].tgt
-    m = evaluate(model, t.tokenizers, src, ref, beam=beam, length_penalty=t.cfg.length_penalty,
-                 out_dir=out_dir, name=f"{cell.name}.{split}-beam{beam}", progress=progress)
+    with lock(path, f"the scores of {cell.name}"):
+        if path.exists():
+            return json.loads(path.read_text())
+        model = cell_model(t, cell, trained)
+        if split not in t.data.splits:
+            t.data = data_mod.prepare(t.cfg, splits=(*t.data.splits, split))
+        src, ref = t.data[split].src, t.data[split].tgt
+        m = evaluate(model, t.tokenizers, src, ref, beam=beam, length_penalty=t.cfg.length_penalty,
+                     out_dir=out_dir, name=f"{cell.name}.{split}-beam{beam}", progress=progress)
     m.pop("hypotheses")
     return m
 
@@ -232,8 +238,8 @@ def run_grid(t: Teacher, cells: list[Cell] | None = None, progress: bool = True)
     """Train or load every student of the grid, evaluate every cell; one row per cell.
 
     Each row carries its budget: the epochs its students ran (the most over its layers),
-    their optimiser steps, sentences seen and seconds. Only one cell's students are in memory
-    at a time."""
+    their optimiser steps, sentences seen and seconds; `df.attrs["histories"]` holds every
+    student's history. Only one cell's students are in memory at a time."""
     import pandas as pd
 
     from .distill import budget, heldout_mse, load_student, new_student, stop_reason
@@ -281,6 +287,7 @@ def run_grid(t: Teacher, cells: list[Cell] | None = None, progress: bool = True)
     df = pd.DataFrame([teacher_row] + rows)
     df["budget"] = budget_line(t.cfg, n_train)
     df.attrs["train_seconds"] = train_seconds
+    df.attrs["histories"] = histories  # {Student: its epochs}, for who reads the curves (the budget study)
     return df
 
 
@@ -306,25 +313,3 @@ def reproduce(cfg: Config, pairs=("de-en",), progress: bool = True):
     folder = cfg.run_dir().parent / f"results-{cfg.corpus}-{cfg.preset}-{key}"
     files = write_report(df, folder)
     return df, files
-
-
-def _reproduce_args(p):
-    p.add_argument("--pairs", default="de-en", help="comma-separated directions, e.g. de-en,en-de,fr-en,en-fr")
-
-
-def _reproduce_cli(cfg, args):
-    pairs = [p.strip() for p in args.pairs.split(",") if p.strip()]
-    df, files = reproduce(cfg, pairs)
-    from .report import markdown_report
-    print(markdown_report(df))
-    for name, path in files.items():
-        print(f"{name}: {path}")
-
-
-CLI_COMMANDS = {"reproduce": ("train or load the whole grid of replacements and write the results tables",
-                              _reproduce_args, _reproduce_cli)}
-
-from .cost import _bench_args, _bench_cli  # noqa: E402  (cost imports experiments lazily)
-
-CLI_COMMANDS["bench"] = ("measure parameters, FLOPs, CPU latency and memory of the teacher and grid cells; "
-                         "write bench.json and print the tables", _bench_args, _bench_cli)

@@ -10,19 +10,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-SIZE_ORDER = ["XS", "S", "M", "L", "XL"]
-GROUP_LABELS = {
-    "encoder": "encoder self-attention",
-    "decoder": "decoder self-attention",
-    "cross": "cross-attention (paper form)",
-    "cross_causal": "cross-attention (causal form)",
-    "attentionless": "attentionless (paper cross)",
-    "attentionless_causal": "attentionless (causal cross)",
-}
+from .config import GROUP_LABELS, SIZES
 
 
 def _sizes(df):
-    return [s for s in SIZE_ORDER if s in set(df["size"])]
+    return [s for s in SIZES if s in set(df["size"])]
 
 
 def encoder_table(df: pd.DataFrame, value: str = "bleu") -> pd.DataFrame:
@@ -136,7 +128,7 @@ def plot_groups(df: pd.DataFrame, size: str = "L", pair: str | None = None, ax=N
     d = df[df.pair == pair]
     ax = ax or plt.subplots(figsize=(7, 3.5))[1]
     rows = [("teacher", d[d.group == "teacher"]["bleu"].iloc[0])]
-    for g in ["encoder", "decoder", "cross", "cross_causal", "attentionless", "attentionless_causal"]:
+    for g in GROUP_LABELS:
         sub = d[(d.group == g) & d.trained & (d.scheme == "ALR") & (d["size"] == size)]
         if len(sub):
             rows.append((GROUP_LABELS[g], sub["bleu"].iloc[0]))

@@ -55,3 +55,13 @@ def general_teacher(_offline_env, tmp_path_factory):
         return experiments.teacher(get_config("tiny", **GENERAL), progress=False)
     finally:
         mp.undo()
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """For modules of tiny models: a second thread only adds synchronisation, which on a busy
+    machine makes every small operation many times slower."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -1,4 +1,4 @@
-"""Cost and interpretability on small random Transformers (no data, no cached runs)."""
+"""What a model costs, on small random Transformers (no data, no cached runs)."""
 import json
 
 import numpy as np
@@ -6,30 +6,11 @@ import pytest
 import torch
 
 from ffattn import cost
-from ffattn.model import PAD, Transformer
-from ffattn.replace import build_replacement, install
-
-D, H, ML = 16, 2, 8  # d_model, heads, max_len of the small models
+from ffattn.model import PAD
+from small_models import D, ML, small_teacher, with_slots
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These models are tiny: a second thread only adds synchronisation, which on a busy
-    machine makes every small operation many times slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def small_teacher(seed=0):
-    torch.manual_seed(seed)
-    return Transformer(40, 45, d_model=D, n_heads=H, d_ff=32, n_enc=2, n_dec=2, dropout=0.0).eval()
-
-
-def with_slots(teacher, keys, size="M"):
-    torch.manual_seed(1)
-    return install(teacher, {k: build_replacement(teacher, k[0], k[1], k[2], size, ML) for k in keys}).eval()
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny models run faster on one
 
 
 SETS = {
@@ -96,8 +77,13 @@ def test_run_bench_writes_the_documented_schema(tmp_path):
     result = json.loads(json.dumps(result))  # what the JSON file holds
     cost.check_schema(result)
     rows = {m["name"]: m for m in result["models"]}
-    assert set(rows["teacher"]["latency_ms"]) == {"encoder_b1", "encoder_b4", "translate_b1", "translate_b4"}
+    tasks = {"encoder_b1", "encoder_b4", "translate_b1", "translate_b4", "steps_b4"}
+    assert set(rows["teacher"]["latency_ms"]) == set(rows["teacher"]["latency_spread_ms"]) == tasks
     assert all(v > 0 for m in rows.values() for v in m["latency_ms"].values())
+    for m in rows.values():  # the spread brackets the median
+        for k, spread in m["latency_spread_ms"].items():
+            assert spread["min"] <= m["latency_ms"][k] == spread["median"] <= spread["max"]
+    assert result["settings"]["fixed_steps"] == 5  # T: equal work for every model
     assert rows["encoder-ALR-M"]["params_replaced"] > 0 == rows["teacher"]["params_replaced"]
     dc = result["decode_curve"]["models"]
     assert len(dc["teacher"]["ms"]) == 2 * ML and len(dc["decoder-ALR-M"]["ms"]) == ML
@@ -112,102 +98,24 @@ def test_run_bench_writes_the_documented_schema(tmp_path):
 
     table = cost.decision_table(result)
     assert len(table) == 2 and table["decision"].str.contains("83% of the teacher's BLEU").all()
+    # the decision uses the equal-work latency and keeps the end-to-end one beside it
+    assert table["decision"].str.contains("encode \\+ 5 greedy steps, batch 4").all()
+    assert table["decision"].str.contains("end to end").all()
+    assert cost.model_latency(result) == "latency_steps_b4"
+    old = json.loads(json.dumps(result))  # a bench JSON from before the equal-work latency
+    for m in old["models"]:
+        del m["latency_ms"]["steps_b4"]
+    assert cost.model_latency(old) == "latency_translate_b4"
+
+
+def test_decode_steps_does_the_same_work_whatever_the_outputs():
+    """Equal work: exactly `steps` steps even when every sentence ends at once."""
+    teacher = small_teacher()
+    src = torch.randint(4, 40, (3, 5), generator=torch.Generator().manual_seed(0))
+    assert cost.decode_steps(teacher, src, 7).shape == (3, 8)  # BOS + 7 tokens
 
 
 def test_pareto_front():
     cost_, bleu = [1, 2, 3, 4, 2], [10, 20, 15, 30, 20]
     assert cost.pareto_front(cost_, bleu).tolist() == [True, True, False, True, True]
     assert cost.pareto_front([1, np.nan], [1, 5]).tolist() == [True, False]
-
-
-def test_rank_correlation_with_ties():
-    assert cost.rank_correlation([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
-    assert cost.rank_correlation([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
-    # ranks [1.5, 1.5, 3, 4] vs [1, 2, 3, 4]: Pearson of the ranks
-    a, b = np.array([1.5, 1.5, 3, 4]), np.array([1, 2, 3, 4.0])
-    expected = np.corrcoef(a, b)[0, 1]
-    assert cost.rank_correlation([5, 5, 7, 9], [1, 2, 3, 4]) == pytest.approx(expected)
-
-
-# ----------------------------------------------------------------------------- token mixing
-
-def _randomized(module, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            if p.requires_grad:
-                p.copy_(torch.randn(p.shape, generator=g, dtype=p.dtype) * 0.3 + (0.5 if p.dim() == 1 else 0.0))
-    return module
-
-
-def _finite_difference_mixing(module, x, minus_input=False, eps=1e-6):
-    T, d = x.shape
-    pad = torch.zeros(1, T, dtype=torch.bool)
-    f = lambda z: module(z[None], pad)[0] - (z if minus_input else 0)
-    J = torch.zeros(T, d, T, d, dtype=x.dtype)
-    for j in range(T):
-        for k in range(d):
-            e = torch.zeros_like(x)
-            e[j, k] = eps
-            J[:, :, j, k] = (f(x + e) - f(x - e)) / (2 * eps)
-    return J.square().sum((1, 3)).sqrt()
-
-
-@pytest.mark.parametrize("scheme", ["ALR", "ASLR", "ALRR", "ELR", "teacher attention", "teacher block",
-                                    "teacher layer", "ALR in a layer"])
-def test_token_mixing_matches_finite_differences(scheme):
-    teacher = _randomized(small_teacher().double())  # non-trivial LayerNorm gains and biases
-    layer = teacher.encoder.layers[0]
-    module = {"teacher attention": layer.self_attn_block.attn, "teacher block": layer.self_attn_block,
-              "teacher layer": layer}.get(scheme)
-    if scheme == "ALR in a layer":
-        module = with_slots(teacher, [("encoder", 0, "ALR")]).encoder.layers[0]
-        _randomized(module.self_attn_block.attn)
-    elif module is None:
-        module = _randomized(build_replacement(teacher, "encoder", 0, scheme, "M", ML).double())
-    x = torch.randn(5, D, dtype=torch.double, generator=torch.Generator().manual_seed(2))
-    resid = scheme in ("ALRR", "ELR", "teacher block", "teacher layer", "ALR in a layer")
-    fd = _finite_difference_mixing(module, x, resid)
-    got = cost.token_mixing(module, x, minus_input=resid)  # closed form
-    assert got.shape == (5, 5)
-    torch.testing.assert_close(got, fd, rtol=1e-6, atol=1e-8)
-    torch.testing.assert_close(got, cost.token_mixing(module, x, minus_input=resid, method="autograd"))
-
-
-def test_token_mixing_of_ff_ignores_padding_and_refuses_long_sentences():
-    teacher = small_teacher()
-    module = _randomized(build_replacement(teacher, "encoder", 0, "ALR", "M", ML))
-    x = torch.randn(1, 6, D)
-    pad = torch.tensor([[False] * 4 + [True] * 2])
-    torch.testing.assert_close(cost.token_mixing(module, x, pad), cost.token_mixing(module, x[0, :4]))
-    with pytest.raises(ValueError, match="longer than max_len"):
-        cost.token_mixing(module, torch.randn(ML + 1, D))
-
-
-def test_error_growth_is_zero_for_the_teacher_itself():
-    teacher = small_teacher()
-    src = torch.randint(4, 40, (3, 6))
-    src[2, 4:] = PAD
-    same = cost.error_growth(teacher, teacher, src)
-    assert (same["mse_own_inputs"] == 0).all()
-    student = with_slots(teacher, [("encoder", 0, "ALR"), ("encoder", 1, "ALR")])
-    grown = cost.error_growth(teacher, student, src)
-    # layer 1 sees the teacher's input either way
-    assert grown["mse_teacher_inputs"].iloc[0] == pytest.approx(grown["mse_own_inputs"].iloc[0])
-    assert (grown["mse_own_inputs"] > 0).all()
-
-
-def test_mixing_agreement_rows():
-    teacher = small_teacher()
-    students = {"ALR": with_slots(teacher, [("encoder", 0, "ALR"), ("encoder", 1, "ALR")]),
-                "ELR (layer 1 only)": ("ELR", with_slots(teacher, [("encoder", 1, "ELR")]))}
-    g = torch.Generator().manual_seed(3)
-    src = [torch.randint(4, 40, (n,), generator=g).tolist() + [2] for n in (3, 6, 5)]
-    tgt = [[1] + torch.randint(4, 45, (n,), generator=g).tolist() + [2] for n in (4, 2, 5)]
-    df = cost.mixing_agreement(teacher, students, src, tgt, layers=[1], batch_size=2)
-    assert len(df) == 3 * 2 and set(df.student) == {"ALR", "ELR (layer 1 only)"}
-    cols = ["vs_attention", "vs_teacher_mixing", "teacher_mixing_vs_attention", "vs_distance"]
-    assert df[cols].abs().max().max() <= 1 + 1e-9
-    # a student equal to the teacher's own module mixes exactly like it
-    same = cost.mixing_agreement(teacher, {"ELR": ("ELR", teacher)}, src, tgt, layers=[0])
-    assert np.allclose(same.vs_teacher_mixing, 1.0)

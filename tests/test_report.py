@@ -82,3 +82,16 @@ def test_the_budget_line_counts_the_students_the_cap_stopped():
     text = report.budget_lines(df)
     trained_cells = int((df.trained & ~df.group.str.startswith("attentionless") & (df.group != "teacher")).sum())
     assert f"8 of {2 * trained_cells} students stopped at the cap" in text
+
+
+def test_book_row_lookup():
+    """The chapters' one row lookup: the first match, a default, or an error that says what exists."""
+    from ffattn.book import row
+    df = pd.DataFrame({"group": ["teacher", "encoder", "encoder"], "size": ["-", "M", "L"], "bleu": [30, 20, 25]})
+    assert row(df, group="encoder", size="L").bleu == 25
+    assert row(df, group="encoder").bleu == 20  # the first of several
+    assert row(df, default=None, group="cross") is None
+    with pytest.raises(KeyError, match=r"no row with \{'group': 'cross'\}.*group: teacher, encoder"):
+        row(df, group="cross")
+    with pytest.raises(KeyError, match="no column 'sise'.*group, size, bleu"):
+        row(df, sise="L")
