@@ -19,7 +19,7 @@ export FFATTN_DATA := $(abspath $(FFATTN_DATA))
 endif
 export PYTHONWARNINGS ?= ignore::DeprecationWarning
 
-.PHONY: book test unit chapters teacher clean venv
+.PHONY: book test unit chapters teacher clean venv workshop bundle
 venv: $(VENV)/.installed
 $(VENV)/.installed: requirements.txt pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -53,5 +53,13 @@ test: venv
 	$(MAKE) book PRESET=tiny OVERRIDES='$(TEST_OVERRIDES)' STUDY='$(TEST_STUDY)'
 	FFATTN_BOOK_HTML=$(CURDIR)/_build/html $(PY) -m pytest tests/test_built_book.py -q -p no:cacheprovider
 
+# the workshop kit: the student edition (exercises without solutions) in workshop/, and a bundle
+# of the trained models of PRESET that attendees unpack with `python -m ffattn unbundle FILE`
+workshop: venv
+	$(PY) -m ffattn workshop --book book --out workshop
+
+bundle: venv
+	$(PY) -m ffattn bundle --preset $(PRESET)
+
 clean:
-	rm -rf _build runs
+	rm -rf _build runs workshop

@@ -141,12 +141,66 @@ def _bench(cfg, args):
     print("written to", args.out or cost.bench_path(experiments.teacher(cfg, progress=False)))
 
 
+def _bundle_args(p):
+    p.add_argument("--out", default=None, help="the archive to write (default: <runs>/ffattn-<preset>-...tar)")
+
+
+def _bundle(cfg, args):
+    from pathlib import Path
+
+    from .workshop import bundle
+    out = bundle(cfg, args.out)
+    print(f"{out} ({Path(out).stat().st_size / 2 ** 20:,.0f} MiB) and its checksum {out}.sha256")
+
+
+def _unbundle_args(p):
+    p.add_argument("bundle", help="a bundle made by `python -m ffattn bundle`: a path or an http(s) URL")
+    p.add_argument("--force", action="store_true", help="replace files of the cache that differ from the bundle's")
+
+
+def _unbundle(cfg, args):
+    from .config import runs_root
+    from .workshop import unbundle
+    m = unbundle(args.bundle, force=args.force)
+    print(f"unpacked {len(m['files'])} files into {runs_root()}: the {m['config']['preset']} "
+          f"{m['config']['corpus']} {m['config']['pair']} teacher and its students load instead of training")
+
+
+def _workshop_args(p):
+    p.add_argument("--out", default="workshop", help="where to write the student edition (default: workshop/)")
+    p.add_argument("--book", default="book", help="the chapters (default: book/)")
+
+
+def _workshop(cfg, args):
+    from pathlib import Path
+
+    from .workshop import exercises, read, write_workshop
+    written = write_workshop(args.book, args.out)
+    n = sum(len(exercises(read(p))) for p in sorted(Path(args.book).glob("*.ipynb")))
+    print(f"the student edition: {len(written)} files in {args.out}/, {n} exercises with their solutions "
+          "replaced by stubs (the checks kept)")
+
+
+def _sync_colab(cfg, args):
+    from .workshop import sync_colab
+    changed = sync_colab("book", "_config.yml")
+    print(f"{len(changed)} chapter(s) now install from _config.yml's repository" if changed else
+          "every chapter already installs from _config.yml's repository")
+
+
 def _extra_commands() -> dict:
     """{name: (help, add_arguments, run)} of the commands beyond the teacher's."""
     return {"reproduce": ("train or load the whole grid of replacements and write the results tables",
                           _reproduce_args, _reproduce),
             "bench": ("measure parameters, FLOPs, CPU latency and memory of the teacher and grid cells; "
-                      "write bench.json and print the tables", _bench_args, _bench)}
+                      "write bench.json and print the tables", _bench_args, _bench),
+            "bundle": ("pack the trained teacher, grid and budget study of a config into one archive "
+                       "(weights only) for a workshop", _bundle_args, _bundle),
+            "unbundle": ("unpack a bundle where the cache looks, so nothing is trained", _unbundle_args, _unbundle),
+            "workshop": ("write the student edition of the book: exercises without their solutions",
+                         _workshop_args, _workshop),
+            "sync-colab": ("rewrite every chapter's Colab install cell from _config.yml's repository (run in the "
+                           "repository's root)", lambda p: None, _sync_colab)}
 
 
 if __name__ == "__main__":

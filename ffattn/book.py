@@ -55,3 +55,11 @@ def row(df, default=_MISSING, **where):
         return default
     have = "; ".join(f"{c}: {', '.join(map(str, df[c].drop_duplicates().tolist()[:12]))}" for c in where)
     raise KeyError(f"no row with {where}; the table has {have}")
+
+
+def use_bundle(source) -> None:
+    """Unpack a workshop bundle (a path or an http(s) URL, see `python -m ffattn bundle`) where
+    the cache looks, so the chapter loads its models instead of training them. None or "": nothing."""
+    if source:
+        from .workshop import unbundle
+        unbundle(source, progress=False)

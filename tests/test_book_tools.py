@@ -20,7 +20,7 @@ yaml = pytest.importorskip("yaml")
 ROOT = Path(__file__).resolve().parents[1]
 BOOK = ROOT / "book"
 NOTEBOOKS = sorted(BOOK.glob("*.ipynb"))
-PARAMETERS = ("preset", "pair", "corpus", "overrides")
+PARAMETERS = ("preset", "pair", "corpus", "overrides", "bundle")
 
 
 def _toc_files():
@@ -159,3 +159,15 @@ def test_citations_exist_and_one_bibliography():
         bibliographies += len(re.findall(r"```\{bibliography\}", text))
     assert cited <= keys, f"cited but not in references.bib: {sorted(cited - keys)}"
     assert bibliographies == 1, f"the book needs exactly one {{bibliography}}, found {bibliographies}"
+
+
+def test_colab_install_and_launch_buttons_name_one_repository():
+    """The launch buttons open notebooks from `repository.url`; the install cell installs from it too."""
+    from ffattn import workshop
+    config = yaml.safe_load((ROOT / "_config.yml").read_text())
+    repo = workshop.repository(ROOT / "_config.yml")
+    assert repo == config["repository"]["url"]
+    for nb in NOTEBOOKS:
+        first = next(c for c in _cells(nb) if c["cell_type"] == "code")
+        assert _text(first) == workshop.colab_install(repo), \
+            f"{nb.name}: its install cell differs from _config.yml's repository (python -m ffattn sync-colab)"
