@@ -4,8 +4,11 @@
     python -m ffattn evaluate  --preset tiny --split test --beam 4
     python -m ffattn translate --preset tiny "Ein Hund rennt." "Zwei Männer lachen."
     echo "Ein Hund rennt." | python -m ffattn translate --preset tiny
+    torchrun --nproc_per_node 4 -m ffattn reproduce --preset paper   # several GPUs (or CPU processes)
 
 Every config field is also a flag: --d-model 128, --epochs 3, --max-len 40, ...
+Under torchrun the teacher trains data-parallel and the grid's students are shared out among
+the processes; rank 0 writes the files and prints.
 """
 from __future__ import annotations
 
@@ -61,7 +64,12 @@ def main(argv=None) -> int:
         parser.error(str(e))
 
     try:
-        return _run(args, cfg, extra)
+        from . import distributed
+        distributed.init()  # under torchrun: join the job's process group; alone: nothing
+        try:
+            return _run(args, cfg, extra)
+        finally:
+            distributed.close()
     except KeyboardInterrupt:
         print("ffattn: interrupted; every finished epoch is saved and the next run resumes from it", file=sys.stderr)
         return 130
@@ -82,6 +90,9 @@ def _run(args, cfg, extra) -> int:
     if args.command in extra:
         return extra[args.command][2](cfg, args) or 0
     t = experiments.teacher(cfg)
+    from .distributed import is_main
+    if not is_main():  # under torchrun, rank 0 prints
+        return 0
     if args.command == "teacher":
         print(f"teacher: {t.run_dir}")
         for row in t.history:
@@ -106,8 +117,11 @@ def _reproduce_args(p):
 def _reproduce(cfg, args):
     from .experiments import reproduce
     from .report import markdown_report
+    from .distributed import is_main
     pairs = [p.strip() for p in args.pairs.split(",") if p.strip()]
     df, files = reproduce(cfg, pairs)
+    if not is_main():
+        return
     print(markdown_report(df))
     for name, path in files.items():
         print(f"{name}: {path}")

@@ -668,3 +668,390 @@ def plot_tradeoff(result: dict, axes=None, latency: str | None = None):
         ax.xaxis.set_minor_formatter(NullFormatter())
     axes[0].legend(fontsize=7, loc="best")
     return axes
+
+
+# ----------------------------------------------------------------------------- what a reproduction costs
+
+# The corpora's sizes per direction (x-en and en-x share one corpus): training pairs, validation
+# pairs, test pairs. IWSLT2017: the Hugging Face splits (/work/shared/PAPER.md: de-en 206,112 /
+# 888 / 8,079; fr-en "about 232.8k / 890 / 8.6k", so fr-en's train and test are rounded). The
+# training counts are before the MAX_LEN filter, which drops the few pairs over 50 pieces: an
+# upper bound. Multi30k: 28,991 of 29,000 training pairs and 1,013 of 1,014 validation pairs
+# pass the filter at `tiny` (its recordings); test_2016_flickr has 1,000.
+CORPUS_SIZES = {
+    "iwslt2017": {"de-en": (206_112, 888, 8_079), "en-de": (206_112, 888, 8_079),
+                  "fr-en": (232_800, 890, 8_600), "en-fr": (232_800, 890, 8_600)},
+    "multi30k": {p: (28_991, 1_013, 1_000) for p in ("de-en", "en-de", "fr-en", "en-fr")},
+}
+# Mean tokens per sentence, one figure for both sides: source pieces + EOS, and target input
+# BOS + pieces (= pieces + EOS, the greedy steps of a translation).
+MEAN_TOKENS = {
+    # measured at `tiny` (its recording of all 28,991 pairs): source 16.24, target 15.36
+    "multi30k": (15.8, "Multi30k at tiny, measured on its recording: de source 16.2 (pieces + EOS), "
+                       "en target input 15.4 (BOS + pieces); their mean"),
+    # not measured: no IWSLT training text here. The mirror's IWSLT tst2016-2017 talks have 15-18
+    # whitespace words a sentence (de 14.9, en 16.8, fr 16.9); at tiny, SentencePiece cut a
+    # Multi30k word into 1.21 (en) to 1.37 (de) pieces; so about 17 x 1.25 + 1 = 22.
+    "iwslt2017": (22.0, "assumed, not measured: about 17 whitespace words a sentence (IWSLT tst2016-2017 in "
+                        "the offline mirror: de 14.9, en 16.8, fr 16.9) x 1.25 SentencePiece pieces a word "
+                        "(Multi30k at tiny: en 1.21, de 1.37) + 1 (EOS or BOS) = 22; the training talks may "
+                        "have longer sentences, the MAX_LEN filter drops the longest"),
+}
+# Achieved GFLOP/s over the matmul rate, for when the rate is given rather than measured here
+# (measured ones replace them: `measure_efficiency`). dense and causal are the README's
+# measurements of whole student epochs against a square fp32 matmul on 2 CPU cores; teacher
+# and decode are the teacher's 5 epochs at `tiny` (190 s, about 0.2 of 150 GFLOP/s) and a
+# guess for greedy decoding (one token per step: small matrix products).
+DEFAULT_EFFICIENCY = {
+    "teacher": 0.2,   # teacher training and recording (d_model-wide matrix products, token batches)
+    "decode": 0.05,   # greedy decoding: one token per step, batches of 64 to 100 sentences
+    "dense": 0.5,     # non-causal students (ALR, ASLR, ALRR, ELR, cross paper form): README 54-73% at L
+    "causal": 0.15,   # causal students (decoder, cross causal form): README 13-21%, memory-bound
+}
+EFFICIENCY_WHAT = {
+    "teacher": "teacher training and recording",
+    "decode": "greedy decoding (teacher validation BLEU, the grid's evaluation)",
+    "dense": "non-causal students: encoder ALR, ASLR, ALRR, ELR, cross-attention paper form",
+    "causal": "causal students: decoder self-attention, cross-attention causal form",
+}
+
+
+def distill_step_flops(module: nn.Module, B: int, T: int, backward: bool = True) -> int:
+    """FLOPs of one distillation step of a student (`distill_forward` on B sentences whose
+    longest has T tokens, and with `backward` its gradients), as `count_flops` counts them.
+
+    The non-causal students read every sentence padded to MAX_LEN: B x one pass of the FF,
+    whatever T (`ff_flops`; ASLR: one FF per head). The causal ones work per position up to
+    the batch's longest sentence: B x (4 T d h, the blocks of fc1 and fc2, + 2 W h for the
+    memory of the causal cross form) and, once a step, 4 h D for fc1's weight against the input
+    LayerNorm's gain and bias. The backward pass is twice the forward's matrix products (the
+    gradients of both operands: even the input's, since the input LayerNorm has weights), except
+    the weight gradients of those two matrix-vector products (outer products, not counted).
+    """
+    k = 3 if backward else 1
+    if isinstance(module, (CausalFFSelfAttention, CausalFFCrossAttention)):
+        ff, d = module.ff, module.d_model
+        h, D = ff.fc1.out_features, ff.fc1.in_features
+        memory = 2 * (D - module.max_len * d) * h  # the memory's slots in front (cross) or none
+        return k * B * (4 * T * d * h + memory) + (2 if backward else 1) * 4 * h * D
+    if isinstance(module, FFSeparateHeads):
+        f = module.heads
+        return k * B * 2 * f.n * (f.in_features * f.hidden + f.hidden * f.out_features)
+    if isinstance(module, (FFSelfAttention, FFBlock, FFCrossAttention)):
+        return k * B * ff_flops(module.ff)
+    raise TypeError(f"no distillation FLOP formula for {type(module).__name__}")
+
+
+def count_distill_step(module: nn.Module, B: int, T: int, S: int | None = None) -> int:
+    """`count_flops` of one distillation step of `module` on random inputs: B sentences of T
+    tokens (and, for cross-attention, a memory of S); the check of `distill_step_flops`."""
+    from .distill import masked_mse
+    p = next(module.parameters())
+    x = torch.randn(B, T, module.d_model, device=p.device, dtype=p.dtype)
+    pad = torch.zeros(B, T, dtype=torch.bool, device=p.device)
+    mem = mpad = None
+    if isinstance(module, (FFCrossAttention, CausalFFCrossAttention)):
+        S = S or T
+        mem = torch.randn(B, S, module.d_model, device=p.device, dtype=p.dtype)
+        mpad = torch.zeros(B, S, dtype=torch.bool, device=p.device)
+
+    def step():
+        with torch.enable_grad():  # count_flops runs under no_grad
+            pred = module.distill_forward(x, pad, mem, mpad)
+            masked_mse(pred, torch.zeros_like(pred), pad).backward()
+    flops_counted = count_flops(step)
+    module.zero_grad(set_to_none=True)
+    return flops_counted
+
+
+def _is_causal(module: nn.Module) -> bool:
+    return isinstance(module, (CausalFFSelfAttention, CausalFFCrossAttention))
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def matmul_gflops(device=None, sizes=None, repeats: int = 3, dtype=torch.float32) -> float:
+    """Best GFLOP/s of a square matmul C = A @ B on `device` (default: where training runs), as
+    benchmarks/bench_distill.py measures it: fp32, the dtype every model here trains in."""
+    from .train import default_device
+    device = torch.device(device) if device is not None else default_device()
+    gpu = device.type == "cuda"
+    sizes = sizes or ((4096, 8192) if gpu else (1024, 2048))
+    best = 0.0
+    for n in sizes:
+        a = torch.randn(n, n, device=device, dtype=dtype)
+        b = torch.randn(n, n, device=device, dtype=dtype)
+        a @ b
+        _sync(device)
+        k = max(1, int((2e12 if gpu else 1e10) // (2 * n ** 3)))
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            for _ in range(k):
+                a @ b
+            _sync(device)
+            best = max(best, 2 * n ** 3 * k / (time.perf_counter() - t0) / 1e9)
+        del a, b
+    return best
+
+
+matmul_gflops_fn = matmul_gflops  # `estimate`'s parameter of the same name hides the function
+
+
+def _best_seconds(fn, device, warmup: int = 1, repeats: int = 2) -> float:
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def measure_efficiency(cfg, rate: float, tokens: float, device=None, size: str = "L") -> dict:
+    """Achieved GFLOP/s over the matmul rate `rate` of the four kinds of work (see
+    DEFAULT_EFFICIENCY), each timed here on untrained models at the preset's sizes and random
+    inputs: a teacher training step on a token batch of `tokens`-long sentences; encoding and
+    greedy decoding 64 of them; a training step (with Adam) of an encoder ALR student and of a
+    decoder (causal) student at `size`, on the preset's distillation batch (at most 256
+    sentences on a CPU), the causal one at MAX_LEN tokens. Returns {kind: ratio, "details": ...}."""
+    from .distill import Student, _adam, masked_mse, new_student
+    from .train import batch_loss, default_device
+    device = torch.device(device) if device is not None else default_device()
+    L = max(1, round(tokens))
+    g = torch.Generator().manual_seed(0)
+    V = cfg.vocab_size
+    torch.manual_seed(cfg.seed)
+    model = Transformer.from_config(cfg, V, V).to(device)
+    details = {}
+
+    B = max(1, cfg.batch_tokens // (L + 2))  # the token batches: B x max(src, tgt + 2) <= batch_tokens
+    src = torch.randint(4, V, (B, L), generator=g).to(device)
+    tgt = torch.randint(4, V, (B, L + 1), generator=g).to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-9, betas=(0.9, 0.98), eps=1e-9)
+
+    def teacher_step():
+        model.train()
+        loss, n = batch_loss(model, src, tgt, cfg.label_smoothing)
+        opt.zero_grad(set_to_none=True)
+        (loss / n).backward()
+        opt.step()
+    sec = _best_seconds(teacher_step, device)
+    f = 3 * flops(model, L, L, "forward") * B
+    details["teacher"] = {"batch": B, "tokens": L, "seconds": sec, "gflop": f / 1e9}
+
+    model.eval()
+    src64 = torch.randint(4, V, (64, L), generator=g).to(device)
+    with torch.no_grad():
+        sec = _best_seconds(lambda: decode_steps(model, src64, L), device)
+    details["decode"] = {"batch": 64, "tokens": L, "seconds": sec, "gflop": flops(model, L, L, "greedy") * 64 / 1e9}
+
+    Bs = cfg.distill_batch if device.type == "cuda" else min(cfg.distill_batch, 256)
+    for kind, where, T in (("dense", "encoder", L), ("causal", "decoder", cfg.max_len)):
+        s = Student(where, 0, "ALR", size)
+        student = new_student(model, s, cfg.max_len, cfg.seed).train()
+        sopt = _adam([p for p in student.parameters() if p.requires_grad], 1e-9)
+        x = torch.randn(Bs, T, cfg.d_model, generator=g).to(device)
+        pad = torch.zeros(Bs, T, dtype=torch.bool, device=device)
+        target = torch.randn(Bs, T, cfg.d_model, generator=g).to(device)
+
+        def student_step():
+            pred = student.distill_forward(x, pad)
+            loss = masked_mse(pred, target, pad)
+            sopt.zero_grad(set_to_none=True)
+            loss.backward()
+            sopt.step()
+        with torch.enable_grad():
+            sec = _best_seconds(student_step, device)
+        details[kind] = {"student": s.name, "batch": Bs, "tokens": T, "seconds": sec,
+                         "gflop": distill_step_flops(student, Bs, T) / 1e9}
+    out = {k: d["gflop"] / d["seconds"] / rate for k, d in details.items()}
+    out["details"] = details
+    return out
+
+
+def _flops_at(model, tokens: float, mode: str) -> float:
+    """`flops(model, S, T, mode)` at S = T = `tokens`, linear between the integers around it."""
+    lo = max(1, int(np.floor(tokens)))
+    w = tokens - lo
+    f_lo = flops(model, lo, lo, mode)
+    return float(f_lo if w <= 0 else (1 - w) * f_lo + w * flops(model, lo + 1, lo + 1, mode))
+
+
+def _steps(n: int, batch: int) -> list[int]:
+    """The batch sizes of one pass over n sentences in batches of `batch`."""
+    return [batch] * (n // batch) + ([n % batch] if n % batch else [])
+
+
+def estimate(cfg, matmul_gflops: float | None = None, sentences: int | None = None,
+             tokens_per_sentence: float | None = None, efficiency: float | dict | None = None,
+             heldout_batch: int = 256) -> dict:
+    """What `python -m ffattn reproduce` costs at `cfg`: FLOPs and hours per part, for the
+    direction `cfg.pair` and for all four, on one device. Builds untrained models only (on the
+    meta device, so even the attentionless L cells cost no memory): no teacher, no data.
+
+    Parts, each with its FLOPs (`flops`, `distill_step_flops`: 2 x multiply-adds of matrix
+    products) and the kind of work that sets its efficiency:
+      teacher          forward + backward (3 x the forward at the mean sentence length) x
+                       training sentences x epochs
+      teacher_valid    per epoch: the validation loss (a forward over the validation split) and
+                       greedy BLEU on `valid_bleu_sentences`
+      recording        one forward over the training sentences recorded and the validation split
+      students         every distinct trained student of `experiments.grid`, one training step
+                       per batch of `distill_batch` over the distilled sentences, x the epoch
+                       cap `distill_epochs`: an upper bound, the stopping rule may end earlier
+      students_heldout per student and epoch, a forward over the validation split (batches of
+                       `heldout_batch`)
+      evaluation       greedy decoding of the test split by the teacher and every cell of the
+                       grid, mean-length outputs
+    Seconds = FLOPs / (matmul rate x efficiency). matmul_gflops: the device's rate (None:
+    measured here by a square fp32 matmul, and then the efficiencies too, `measure_efficiency`);
+    efficiency: one factor for every part, or {kind: factor}, else DEFAULT_EFFICIENCY (given
+    rate) or measured (measured rate). sentences, tokens_per_sentence: override the corpus's
+    training sentences (every direction alike) and mean sentence length (`MEAN_TOKENS`).
+    Every assumption is in the result's "assumptions".
+    """
+    from . import experiments
+    from .config import PAIRS
+    from .distill import new_student
+    from .replace import install
+
+    started = time.time()
+    sizes = CORPUS_SIZES[cfg.corpus]
+    tokens, tokens_why = (tokens_per_sentence, "given") if tokens_per_sentence else MEAN_TOKENS[cfg.corpus]
+    measured = matmul_gflops is None
+    rate = matmul_gflops_fn() if measured else float(matmul_gflops)
+    if rate <= 0:
+        raise ValueError(f"matmul_gflops={matmul_gflops} must be positive")
+    if isinstance(efficiency, (int, float)):
+        eff, eff_why = {k: float(efficiency) for k in DEFAULT_EFFICIENCY}, "given: one factor for every part"
+        details = None
+    elif isinstance(efficiency, dict):
+        eff, eff_why, details = {**DEFAULT_EFFICIENCY, **efficiency}, "given (the rest: DEFAULT_EFFICIENCY)", None
+    elif measured:
+        m = measure_efficiency(cfg, rate, tokens)
+        details = m.pop("details")
+        eff, eff_why = m, "measured here against the measured matmul rate (measure_efficiency)"
+    else:
+        eff, eff_why, details = dict(DEFAULT_EFFICIENCY), "documented constants (DEFAULT_EFFICIENCY)", None
+    if any(v <= 0 for v in eff.values()):
+        raise ValueError(f"efficiency must be positive: {eff}")
+
+    # untrained models on the meta device: shapes only
+    with torch.device("meta"):
+        teacher = Transformer.from_config(cfg, cfg.vocab_size, cfg.vocab_size)
+    fwd = _flops_at(teacher, tokens, "forward")
+    greedy_t = _flops_at(teacher, tokens, "greedy")
+    cells = experiments.grid(cfg)
+    wanted = sorted({s for c in cells if c.trained for s in c.students}, key=lambda s: s.name)
+    modules = {s: new_student(teacher, s, cfg.max_len, cfg.seed) for s in wanted}
+    # a causal student's step works up to the batch's longest sentence: MAX_LEN, an upper bound
+    # (a random batch of 2000 sentences almost always holds one close to it)
+    T_batch = cfg.max_len
+    students = []
+    for s, mod in modules.items():
+        kind = "causal" if _is_causal(mod) else "dense"
+        students.append({"student": s.name, "kind": kind, "params": sum(p.numel() for p in mod.parameters()
+                                                                      if p.requires_grad),
+                         "step": distill_step_flops(mod, cfg.distill_batch, T_batch),
+                         "module": mod})
+    cell_rows = [{"cell": "teacher", "greedy_flops": greedy_t}]
+    for c in cells:
+        if c.trained:
+            mods = {s.key: modules[s] for s in c.students}
+        else:
+            mods = {s.key: new_student(teacher, s, cfg.max_len, cfg.seed) for s in c.students}
+        cell_rows.append({"cell": c.name, "greedy_flops": _flops_at(install(teacher, mods), tokens, "greedy")})
+
+    def direction(n_train: int, n_valid: int, n_test: int) -> dict:
+        n_train = min(n_train, cfg.train_limit) if cfg.train_limit else n_train
+        n_valid = min(n_valid, cfg.valid_limit) if cfg.valid_limit else n_valid
+        n_distill = min(cfg.distill_sentences or n_train, n_train)
+        parts = {}
+        parts["teacher"] = {"flops": 3 * fwd * n_train * cfg.epochs, "kind": "teacher"}
+        n_bleu = min(cfg.valid_bleu_sentences, n_valid)
+        parts["teacher_valid"] = {"flops": cfg.epochs * (fwd * n_valid + greedy_t * n_bleu), "kind": "decode"}
+        parts["recording"] = {"flops": fwd * (n_distill + n_valid), "kind": "teacher"}
+        train_b, held_b = _steps(n_distill, cfg.distill_batch), _steps(n_valid, heldout_batch)
+        by_kind = {"dense": [0.0, 0.0], "causal": [0.0, 0.0]}  # [training, held-out] FLOPs
+        for st in students:
+            mod = st["module"]
+            epoch = sum(distill_step_flops(mod, b, T_batch) for b in train_b)
+            held = sum(distill_step_flops(mod, b, T_batch, backward=False) for b in held_b)
+            by_kind[st["kind"]][0] += epoch * cfg.distill_epochs
+            by_kind[st["kind"]][1] += held * cfg.distill_epochs
+        parts["students"] = {"flops": sum(v[0] for v in by_kind.values()), "kind": "students",
+                             "by_kind": {k: v[0] for k, v in by_kind.items()}}
+        parts["students_heldout"] = {"flops": sum(v[1] for v in by_kind.values()), "kind": "students",
+                                     "by_kind": {k: v[1] for k, v in by_kind.items()}}
+        parts["evaluation"] = {"flops": n_test * sum(r["greedy_flops"] for r in cell_rows), "kind": "decode"}
+        for p in parts.values():
+            if p["kind"] == "students":
+                p["seconds"] = sum(f / (rate * 1e9 * eff[k]) for k, f in p["by_kind"].items())
+            else:
+                p["seconds"] = p["flops"] / (rate * 1e9 * eff[p["kind"]])
+            p["hours"] = p["seconds"] / 3600
+        total = {"flops": sum(p["flops"] for p in parts.values()),
+                 "seconds": sum(p["seconds"] for p in parts.values())}
+        total["hours"] = total["seconds"] / 3600
+        return {"sentences": n_train, "distill_sentences": n_distill, "valid_sentences": n_valid,
+                "test_sentences": n_test, "student_epochs": len(students) * cfg.distill_epochs,
+                "parts": parts, "total": total}
+
+    def sizes_of(pair):
+        n_train, n_valid, n_test = sizes[pair]
+        return (sentences or n_train), n_valid, n_test
+
+    directions = {pair: direction(*sizes_of(pair)) for pair in PAIRS}
+    this = directions[cfg.pair]
+    all_parts = {k: {"flops": sum(d["parts"][k]["flops"] for d in directions.values()),
+                     "seconds": sum(d["parts"][k]["seconds"] for d in directions.values())}
+                 for k in this["parts"]}
+    for p in all_parts.values():
+        p["hours"] = p["seconds"] / 3600
+    all_total = {"flops": sum(d["total"]["flops"] for d in directions.values()),
+                 "seconds": sum(d["total"]["seconds"] for d in directions.values())}
+    all_total["hours"] = all_total["seconds"] / 3600
+    for st in students:
+        st.pop("module")
+    assumptions = {
+        "device": "one device; every part runs one after another, as `reproduce` runs them",
+        "matmul_gflops": rate,
+        "matmul": ("measured here: best square fp32 matmul (1024, 2048 on a CPU; 4096, 8192 on a GPU)" if measured
+                   else "given"),
+        "efficiency": eff,
+        "efficiency_source": eff_why,
+        "efficiency_kinds": EFFICIENCY_WHAT,
+        "tokens_per_sentence": tokens,
+        "tokens_source": tokens_why,
+        "sentences": {p: d["sentences"] for p, d in directions.items()},
+        "sentences_source": ("given, every direction alike" if sentences else
+                             f"{cfg.corpus} training pairs per direction (CORPUS_SIZES), before the MAX_LEN filter"),
+        "teacher": f"forward + backward = 3 x the forward FLOPs at S = T = {tokens:g} (cost.flops, 'forward'), "
+                   f"x sentences x {cfg.epochs} epochs; padding in the token batches not counted",
+        "students": f"{len(students)} distinct trained students (the attentionless cells reuse the L students) x "
+                    f"{cfg.distill_epochs} epochs (the cap: the stopping rule may stop earlier, so an upper bound), "
+                    f"batches of {cfg.distill_batch}; the non-causal FFs read every sentence padded to MAX_LEN "
+                    f"{cfg.max_len}; the causal ones work up to the batch's longest sentence, taken as MAX_LEN "
+                    f"(an upper bound); gathering batches from the recording not counted",
+        "evaluation": f"greedy decoding of the test split by the teacher and {len(cells)} cells, "
+                      f"{tokens:g} steps a sentence (the mean length): batches decode until their longest output "
+                      "ends, so this is a lower bound, most for poor students that run to MAX_LEN",
+        "not_counted": "embeddings, LayerNorm, softmax, activations, Adam's updates, data loading, tokenizer "
+                       "training, disk writes of the recordings, per-step launch overheads beyond what the "
+                       "efficiency measured",
+    }
+    return {"preset": cfg.preset, "corpus": cfg.corpus, "pair": cfg.pair, "matmul_gflops": rate,
+            "matmul_measured": measured, "efficiency": eff, "efficiency_measured": details is not None,
+            "efficiency_details": details, "assumptions": assumptions,
+            "teacher_forward_flops": fwd, "teacher_greedy_flops": greedy_t,
+            "students": students, "cells": cell_rows,
+            "parts": this["parts"], "per_direction": this["total"],
+            "directions": directions, "all_directions": {"parts": all_parts, "total": all_total},
+            "machine": machine(), "seconds": round(time.time() - started, 1)}
+

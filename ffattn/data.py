@@ -15,12 +15,14 @@ A file is looked up, in this order, in
                       from them land here, written atomically);
     3. the network    unless FFATTN_OFFLINE=1.
 If all three fail, one DataNotFoundError says which file, every place looked and how to fix it.
+A file that is there but cannot be read raises DataDamagedError, naming the file and the fix.
 """
 from __future__ import annotations
 
 import gzip
 import hashlib
 import html
+import http.client
 import importlib.util
 import io
 import itertools
@@ -95,6 +97,10 @@ class DataNotFoundError(FileNotFoundError):
     """A corpus file is in none of the places ffattn looks, and could not be downloaded."""
 
 
+class DataDamagedError(RuntimeError):
+    """A corpus file is there but cannot be read: truncated, corrupt or not the expected file."""
+
+
 # ----------------------------------------------------------------------------- where files live
 
 def data_dir() -> Path | None:
@@ -142,6 +148,35 @@ def _not_found(what: str, rel: str, tried: list[str], hint: str = "") -> DataNot
     return DataNotFoundError("\n".join(lines))
 
 
+def _one_line(e: BaseException) -> str:
+    """An error's message on one line (tarfile, for one, lists each method it tried on a line)."""
+    return re.sub(r"\s*\n\s*", "; ", str(e).strip()) or type(e).__name__
+
+
+def _failed(url: str, e: BaseException) -> str:
+    """One 'Looked in' line for a failed download, naming the URL once."""
+    msg = _one_line(e)
+    return f"download: {msg}" if url in msg else f"download: {url} failed: {msg}"
+
+
+def _damaged(path: Path, e: BaseException) -> DataDamagedError:
+    d = data_dir()
+    in_mirror = d is not None and d.resolve() in Path(path).resolve().parents
+    fix = ("it is in the read-only mirror $FFATTN_DATA: replace it with a good copy" if in_mirror
+           else "delete it and run again (ffattn then downloads or rebuilds it)")
+    return DataDamagedError(f"{path} is damaged or not the expected file "
+                            f"({type(e).__name__}: {_one_line(e)}). To fix: {fix}.")
+
+
+def _read(path: Path, parse: Callable[[bytes], object]):
+    """parse(the file's bytes); a file that does not parse raises DataDamagedError."""
+    data = path.read_bytes()
+    try:
+        return parse(data)
+    except Exception as e:  # truncated gzip or tar, bad UTF-8, missing members, ...
+        raise _damaged(path, e) from e
+
+
 def _check_gzip(data: bytes) -> None:
     if not gzip.decompress(data).strip():  # reading to the end also checks the CRC
         raise ValueError("empty gzip file")
@@ -162,13 +197,19 @@ def _download(url: str, rel: str, check: Callable[[bytes], None]) -> Path:
     """Fetch url into cache/rel, verify it (opens, non-empty, sha256 when known), then publish."""
     print(f"ffattn: downloading {url}", file=sys.stderr)
     req = urllib.request.Request(url, headers={"User-Agent": "ffattn"})
-    with urllib.request.urlopen(req, timeout=TIMEOUT) as r:
-        data = r.read()
+    try:
+        with urllib.request.urlopen(req, timeout=TIMEOUT) as r:
+            data = r.read()
+    except http.client.HTTPException as e:  # e.g. IncompleteRead: the connection dropped
+        raise OSError(f"{url}: transfer broke off ({type(e).__name__}: {_one_line(e)})") from e
     if not data:
         raise ValueError(f"empty download from {url}")
     if rel in SHA256 and hashlib.sha256(data).hexdigest() != SHA256[rel]:
         raise ValueError(f"checksum mismatch for {url}")
-    check(data)
+    try:
+        check(data)
+    except Exception as e:  # truncated, corrupt, an error page instead of the file, ...
+        raise ValueError(f"damaged download from {url} ({type(e).__name__}: {_one_line(e)})") from e
     path = cache_dir() / rel
     write_atomic(path, data)
     return path
@@ -188,7 +229,7 @@ def fetch(rel: str, url: str | None, check: Callable[[bytes], None], what: str =
         try:
             return _download(url, rel, check)
         except (OSError, ValueError, tarfile.TarError, EOFError) as e:
-            tried.append(f"download: {url} failed: {e}")
+            tried.append(_failed(url, e))
     raise _not_found(what, rel, tried)
 
 
@@ -202,7 +243,7 @@ def _lines(text: str) -> list[str]:
 
 
 def _read_gz_lines(path: Path) -> list[str]:
-    return _lines(gzip.decompress(path.read_bytes()).decode("utf-8"))
+    return _read(path, lambda data: _lines(gzip.decompress(data).decode("utf-8")))
 
 
 _WIT3 = re.compile(
@@ -237,6 +278,15 @@ def _pair_segments(src: dict, tgt: dict, where: str) -> tuple[list[str], list[st
         raise ValueError(f"{where}: the two sides' segments differ, e.g. {only}")
     keys = list(src)
     return [src[k] for k in keys], [tgt[k] for k in keys]
+
+
+def _members(data: bytes, names: Sequence[str]) -> dict[str, str]:
+    """{basename: text} of these members of an archive; a ValueError names any missing."""
+    texts = _tar_texts(data, "|".join(map(re.escape, names)))
+    missing = [n for n in names if n not in texts]
+    if missing:
+        raise ValueError(f"{', '.join(missing)} missing from the archive")
+    return texts
 
 
 def _tar_texts(data: bytes, pattern: str) -> dict[str, str]:
@@ -300,19 +350,19 @@ def load_corpus(corpus: str, pair: str, split: str) -> tuple[list[str], list[str
 def _iwslt_tst2016_2017(s: str, t: str) -> tuple[list[str], list[str]]:
     """Pair the source-side XML of x-en with the source-side XML of en-x, by (docid, seg id)."""
     x = s if t == "en" else t
-    sides = {}
+    sides, paths = {}, {}
     for a, b in ((x, "en"), ("en", x)):
         rel = f"iwslt2017-tst2016-2017/{a}-{b}.tgz"
-        path = fetch(rel, IWSLT_TEST_URL.format(a=a, b=b), _check_tar,
-                     what=f"IWSLT2017 tst2016-2017 ({a}-{b})")
-        sides[a] = _tar_texts(path.read_bytes(), rf"IWSLT17\.TED\.tst201[67]\.{a}-{b}\.{a}\.xml")
+        paths[a] = path = fetch(rel, IWSLT_TEST_URL.format(a=a, b=b), _check_tar,
+                                what=f"IWSLT2017 tst2016-2017 ({a}-{b})")
+        names = [f"IWSLT17.TED.tst{year}.{a}-{b}.{a}.xml" for year in ("2016", "2017")]
+        sides[a] = _read(path, lambda data: _members(data, names))
     xs, ens = [], []
     for year in ("2016", "2017"):
-        fx = sides[x].get(f"IWSLT17.TED.tst{year}.{x}-en.{x}.xml")
-        fe = sides["en"].get(f"IWSLT17.TED.tst{year}.en-{x}.en.xml")
-        if fx is None or fe is None:
-            raise ValueError(f"IWSLT2017 tst{year} {x}/en XML missing from the archives")
-        a, b = _pair_segments(parse_wit3_xml(fx), parse_wit3_xml(fe), f"tst{year} {x}-en")
+        fx = sides[x][f"IWSLT17.TED.tst{year}.{x}-en.{x}.xml"]
+        fe = sides["en"][f"IWSLT17.TED.tst{year}.en-{x}.en.xml"]
+        a, b = _pair_segments(parse_wit3_xml(fx), parse_wit3_xml(fe),
+                              f"tst{year} {x}-en ({paths[x]} and {paths['en']})")
         xs += a
         ens += b
     return (xs, ens) if s == x else (ens, xs)
@@ -341,28 +391,35 @@ def _iwslt_split(x: str, split: str) -> tuple[list[str], list[str]]:
                 _save_prepared(x, {split: (xs, ens)})
                 return xs, ens
             except Exception as e:  # any failure here just means: try the WIT3 archive
-                tried.append(f"download: Hugging Face parquet failed: {e}")
+                tried.append(f"download: Hugging Face parquet failed: {_one_line(e)}")
         else:
             tried.append("download: Hugging Face parquet skipped (install pyarrow to use it)")
+        url = IWSLT_TRAIN_URL.format(x=x)
         try:
-            tgz = _download(IWSLT_TRAIN_URL.format(x=x), tgz_rel, _check_tar)
+            tgz = _download(url, tgz_rel, lambda data: _wit3_members(data, x))
         except (OSError, ValueError, tarfile.TarError, EOFError) as e:
-            tried.append(f"download: {IWSLT_TRAIN_URL.format(x=x)} failed: {e}")
+            tried.append(_failed(url, e))
     if tgz is None:
         raise _not_found(f"IWSLT2017 {x}-en {split}", rels[0], _places(tgz_rel) + tried,
                          hint=f"Or put the WIT3 archive {IWSLT_TRAIN_URL.format(x=x)} at "
                               f"<FFATTN_DATA or cache>/{tgz_rel}.")
-    splits = _iwslt_from_wit3(tgz.read_bytes(), x)
+    splits = _read(tgz, lambda data: _iwslt_from_wit3(data, x))
     _save_prepared(x, splits)
     return splits[split]
 
 
-def _iwslt_from_wit3(data: bytes, x: str) -> dict[str, tuple[list[str], list[str]]]:
-    """All three splits out of the official WIT3 training archive x-en.tgz (in memory)."""
+def _wit3_members(data: bytes, x: str) -> dict[str, str]:
+    """The texts of a WIT3 training archive x-en.tgz; a ValueError if it is not one."""
     f = _tar_texts(data, rf"train\.tags\.{x}-en\.({x}|en)"
                          rf"|IWSLT17\.TED\.(dev2010|tst201[0-5])\.{x}-en\.({x}|en)\.xml")
     if not {f"train.tags.{x}-en.{x}", f"train.tags.{x}-en.en"} <= f.keys():
         raise ValueError(f"not a WIT3 {x}-en training archive: no train.tags.{x}-en.* inside")
+    return f
+
+
+def _iwslt_from_wit3(data: bytes, x: str) -> dict[str, tuple[list[str], list[str]]]:
+    """All three splits out of the official WIT3 training archive x-en.tgz (in memory)."""
+    f = _wit3_members(data, x)
     xs, ens = [], []
     for a, b in zip(_lines(f[f"train.tags.{x}-en.{x}"]), _lines(f[f"train.tags.{x}-en.en"])):
         if not (a.startswith("<") or b.startswith("<")):  # drop <url>, <talkid>, ... lines
@@ -400,10 +457,17 @@ def _iwslt_from_hub(x: str, split: str) -> tuple[list[str], list[str]]:
         except urllib.error.HTTPError as e:
             if e.code == 404 and shard > 0:
                 break  # no more shards
+            raise OSError(f"{url}: {e}") from e
+        except OSError as e:  # connection refused, a timeout, ...: name the URL
+            raise OSError(f"{url}: {_one_line(e)}") from e
+        try:
+            rows = [(row[x].strip(), row["en"].strip()) for row in pd.read_parquet(path)["translation"]]
+        except ImportError:
             raise
-        for row in pd.read_parquet(path)["translation"]:
-            xs.append(row[x].strip())
-            ens.append(row["en"].strip())
+        except Exception as e:  # truncated, corrupt, or not the Hub's iwslt2017 schema
+            raise _damaged(path, e) from e
+        xs += [a for a, _ in rows]
+        ens += [b for _, b in rows]
     return xs, ens
 
 

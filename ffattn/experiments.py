@@ -6,6 +6,7 @@ interrupted training resumed) otherwise.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from dataclasses import dataclass, field
@@ -15,6 +16,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from . import data as data_mod
+from . import distributed as dd
 from .config import Config, get_config
 from .evaluate import evaluate
 from .files import load_checkpoint, lock, write_atomic
@@ -49,9 +51,10 @@ def teacher(cfg: Config | None = None, progress: bool = True, **overrides) -> Te
     cfg = cfg.replace(**overrides) if cfg is not None and overrides else cfg or get_config(**overrides)
     run_dir = cfg.run_dir()
     path = run_dir / "teacher.pt"
-    with lock(path, f"the teacher {run_dir.name}"):
-        _write_config(cfg, run_dir)
-        data = data_mod.prepare(cfg)
+    with _job_lock(path, f"the teacher {run_dir.name}"):
+        with dd.main_first():  # under torchrun rank 0 writes the config and tokenizers, the others read them
+            _write_config(cfg, run_dir)
+            data = data_mod.prepare(cfg)
         if path.exists():
             ck = load_checkpoint(path)
             check_config(ck, cfg, path)
@@ -61,6 +64,24 @@ def teacher(cfg: Config | None = None, progress: bool = True, **overrides) -> Te
                 return Teacher(cfg, model.to(default_device()).eval(), data, run_dir, ck["history"])
         model, history = train_teacher(cfg, data, run_dir, progress=progress)
         return Teacher(cfg, model, data, run_dir, history)
+
+
+@contextlib.contextmanager
+def _job_lock(path, what):
+    """The artifact's lock against other jobs; under torchrun rank 0 holds it for all the ranks
+    of this job, which build the artifact together (the teacher's data-parallel training)."""
+    if not dd.active():
+        with lock(path, what):
+            yield
+    elif dd.is_main():
+        with lock(path, what):
+            dd.barrier()
+            yield
+            dd.barrier()
+    else:
+        dd.barrier()
+        yield
+        dd.barrier()
 
 
 def teacher_metrics(t: Teacher, split: str = "test", beam: int | None = None, progress: bool = True) -> dict:
@@ -246,9 +267,16 @@ def run_grid(t: Teacher, cells: list[Cell] | None = None, progress: bool = True)
     cells = cells or grid(t.cfg)
     started = time.time()
     needed = {s for c in cells if c.trained for s in c.students}
+    if dd.active():  # under torchrun: each rank trains its share, then all read every history
+        train_students(t, _my_share(t.cfg, needed), progress and dd.is_main())
+        dd.barrier()
     histories = train_students(t, needed, progress)
     train_seconds = time.time() - started
     base = teacher_metrics(t, "test", progress=progress)
+    if dd.active():  # ... and scores its share of the cells; the rows below then read the scores
+        for cell in cells[dd.shard(len(cells))]:
+            evaluate_cell(t, cell, progress=False)
+        dd.barrier()
     rec_valid = recordings(t, progress=False)[1]
     n_train = len(t.data["train"])
     n_distill = min(t.cfg.distill_sentences or n_train, n_train)
@@ -291,9 +319,21 @@ def run_grid(t: Teacher, cells: list[Cell] | None = None, progress: bool = True)
     return df
 
 
+def _my_share(cfg: Config, students) -> list:
+    """This rank's students, balanced by cost: a shallow FF's FLOPs per input vector are twice
+    its parameters, so the grid is shared out by parameters (`replace.count_params`), not count."""
+    from .replace import count_params
+    students = sorted(students, key=lambda s: s.name)
+    costs = [count_params(s.scheme, s.size, cfg.max_len, cfg.d_model, cfg.n_heads, s.where) for s in students]
+    return [students[i] for i in dd.balanced(costs)[dd.rank()]]
+
+
 def reproduce(cfg: Config, pairs=("de-en",), progress: bool = True):
     """The whole grid for each pair: train or load teachers and students, evaluate, and write
-    results.csv, results.md and figures to runs/results-<corpus>-<preset>-<hash>/."""
+    results.csv, results.md and figures to runs/results-<corpus>-<preset>-<hash>/.
+
+    Under torchrun the teacher trains data-parallel, the students and cells are shared out
+    among the ranks, and rank 0 writes the files: the same results as one process."""
     import pandas as pd
 
     from .config import PAIRS, check_choice
@@ -306,10 +346,12 @@ def reproduce(cfg: Config, pairs=("de-en",), progress: bool = True):
         started = time.time()
         df = run_grid(t, progress=progress)
         df["grid_seconds"] = round(time.time() - started, 1)
-        df.to_csv(distill_dir(t) / "results.csv", index=False)
+        if dd.is_main():
+            df.to_csv(distill_dir(t) / "results.csv", index=False)
         frames.append(df)
     df = pd.concat(frames, ignore_index=True)
     key = cfg.replace(pair="de-en").teacher_key()[:6] + cfg.distill_key()[:6]  # teacher and students both
     folder = cfg.run_dir().parent / f"results-{cfg.corpus}-{cfg.preset}-{key}"
-    files = write_report(df, folder)
+    files = write_report(df, folder) if dd.is_main() else {}  # under torchrun, rank 0 writes
+    dd.barrier()
     return df, files

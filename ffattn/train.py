@@ -3,6 +3,11 @@
 Label smoothing 0.1, Adam(0.9, 0.98, eps 1e-9), lr = factor * d^-0.5 * min(s^-0.5, s * w^-1.5),
 token-bucketed batches. A run interrupted at any point restarts from its last finished epoch
 and ends with the same weights as an uninterrupted one (CPU, same seed).
+
+Under `torchrun` the same computation runs data-parallel (DistributedDataParallel): every rank
+builds the same global batches, takes its share of each batch's sentences, and the gradients
+are averaged, so the optimisation is the one-process one (same global batch, same schedule);
+rank 0 alone writes the checkpoints.
 """
 from __future__ import annotations
 
@@ -15,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from . import distributed as dd
 from .decode import greedy, pad_batch
 from .evaluate import score
 from .files import load_checkpoint, save_atomic, write_atomic
@@ -22,8 +28,8 @@ from .model import PAD, Transformer
 
 
 def default_device() -> torch.device:
-    """The GPU when there is one (the paper preset wants it), else the CPU."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """The GPU when there is one (the paper preset wants it; under torchrun, this rank's), else the CPU."""
+    return dd.device() if dd.active() else torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def lr_at(step: int, d_model: int, warmup: int, factor: float) -> float:
@@ -68,6 +74,10 @@ def train_teacher(cfg, data, run_dir: Path, progress: bool = True, stop_after_ep
     torch.manual_seed(cfg.seed)
     model = Transformer.from_config(cfg, data.tok.src_vocab_size, data.tok.tgt_vocab_size)
     model.to(default_device())
+    net = model
+    if dd.active():  # same initial weights on every rank (same seed; DDP also broadcasts rank 0's)
+        from torch.nn.parallel import DistributedDataParallel
+        net = DistributedDataParallel(model)
     opt = torch.optim.Adam(model.parameters(), lr=0.0, betas=(0.9, 0.98), eps=1e-9)
     history, step, start = [], 0, 0
     if path.exists():
@@ -82,35 +92,58 @@ def train_teacher(cfg, data, run_dir: Path, progress: bool = True, stop_after_ep
         model.train()
         t0, total, ntok = time.time(), 0.0, 0
         batches = data.batches("train", shuffle=True, seed=cfg.seed, epoch=epoch)
-        bar = tqdm(batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress, leave=False)
+        bar = tqdm(batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress or not dd.is_main(),
+                   leave=False)
         for src, tgt in bar:
             step += 1
             for g in opt.param_groups:
                 g["lr"] = lr_at(step, cfg.d_model, cfg.warmup, cfg.lr_factor)
-            loss, k = batch_loss(model, src, tgt, cfg.label_smoothing)
+            loss, summed, k = _my_share_loss(net, src, tgt, cfg.label_smoothing)
             opt.zero_grad(set_to_none=True)
-            (loss / k).backward()
+            loss.backward()
             opt.step()
-            total, ntok = total + loss.item(), ntok + k
+            total, ntok = total + summed, ntok + k
             bar.set_postfix(loss=f"{total / ntok:.3f}")
+        total, ntok = dd.sum_floats([total, ntok])  # the whole batch's, over the ranks
         row = {"epoch": epoch + 1, "step": step, "train_loss": total / ntok,
                "valid_loss": validation_loss(model, valid), "seconds": time.time() - t0,
                "tokens": ntok}
         row["valid_ppl"] = math.exp(row["valid_loss"])
         row["valid_bleu"] = valid_bleu(model, data, cfg.valid_bleu_sentences) if cfg.valid_bleu_sentences else None
         history.append(row)
-        if progress:
+        if progress and dd.is_main():
             print(f"epoch {epoch + 1:>2}: train loss {row['train_loss']:.3f}  valid loss "
                   f"{row['valid_loss']:.3f}  valid BLEU {row['valid_bleu'] or 0:.1f}  "
                   f"({row['seconds']:.0f} s)", flush=True)
-        save_atomic({"config": cfg.to_dict(), "teacher_key": cfg.teacher_key(), "epoch": epoch + 1,
-                     "step": step, "model": model.state_dict(), "optimizer": opt.state_dict(),
-                     "rng": torch.get_rng_state(), "history": history}, path)
-        write_atomic(run_dir / "history.json", json.dumps(history, indent=1))
+        if dd.is_main():
+            save_atomic({"config": cfg.to_dict(), "teacher_key": cfg.teacher_key(), "epoch": epoch + 1,
+                         "step": step, "model": model.state_dict(), "optimizer": opt.state_dict(),
+                         "rng": torch.get_rng_state(), "history": history}, path)
+            write_atomic(run_dir / "history.json", json.dumps(history, indent=1))
+        dd.barrier()
         if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch:
             break
     model.eval()
     return model, history
+
+
+def _my_share_loss(net, src, tgt, label_smoothing):
+    """This rank's part of a global batch's loss, scaled so that the gradients DDP averages over
+    the ranks are those of the whole batch's mean token loss; returns (that loss, this rank's
+    summed token loss as a float, its tokens).
+
+    One process: the whole batch, loss / tokens. A rank with no sentence of a small batch still
+    runs a forward pass (DDP needs every rank's gradients) on one sentence, weighted by 0."""
+    if not dd.active():
+        loss, k = batch_loss(net, src, tgt, label_smoothing)
+        return loss / k, loss.item(), k
+    k_all = int((tgt[:, 1:] != PAD).sum())
+    part = dd.shard(len(src))
+    weight = 1.0 if part.stop > part.start else 0.0
+    if not weight:
+        part = slice(0, 1)
+    loss, k = batch_loss(net, src[part], tgt[part], label_smoothing)
+    return loss * (weight * dd.world() / k_all), loss.item() * weight, int(k * weight)
 
 
 def valid_bleu(model, data, n: int) -> float:
