@@ -20,6 +20,7 @@ PAIRS = ("de-en", "en-de", "fr-en", "en-fr")
 CORPORA = ("multi30k", "iwslt2017")
 PRESETS = ("tiny", "small", "paper")
 SCHEMES = ("ALR", "ALRR", "ASLR", "ELR")
+DISTILL_SOURCES = ("recorded", "on_the_fly")
 SIZES = ("XS", "S", "M", "L", "XL")  # smallest to largest: the order of every table's columns
 # The grid's groups, in the book's order: what each replaces (tables, decisions) and a short
 # name (plot labels). Every room words them from here.
@@ -82,6 +83,8 @@ class Config:
     distill_min_delta: float = _f(0.01, "distill", "relative improvement of the held-out MSE that counts as one")
     distill_batch: int = _f(128, "distill", "sentences per distillation batch")
     distill_sentences: int = _f(0, "distill", "training sentences recorded from the teacher (0: all)")
+    distill_source: str = _f("recorded", "distill", "recorded: the teacher's activations saved once as float16 "
+                             "memory maps; on_the_fly: the teacher runs on each batch, nothing on disk")
     lr_alr: float = _f(1e-3, "distill", "constant learning rate of ALR students (paper: 1e-4 over far more steps)")
     lr_other: float = _f(1e-3, "distill", "constant learning rate of ALRR, ASLR, ELR (paper)")
 
@@ -89,6 +92,7 @@ class Config:
         check_choice("preset", self.preset, PRESETS)
         check_choice("corpus", self.corpus, CORPORA)
         check_choice("pair", self.pair, PAIRS)
+        check_choice("distill_source", self.distill_source, DISTILL_SOURCES)
         for f in fields(self):
             value, kind = getattr(self, f.name), type(f.default)
             if kind in (int, float) and (isinstance(value, bool) or not isinstance(value, (int, float))):
@@ -121,8 +125,14 @@ class Config:
         return _hash({"v": ARTIFACT_VERSION, **self.group("data", "model", "train")})
 
     def distill_key(self) -> str:
-        """Stable hash of the distillation settings (combined with the teacher's folder)."""
-        return _hash({"v": ARTIFACT_VERSION, "students": STUDENT_VERSION, **self.group("distill")})
+        """Stable hash of the distillation settings (combined with the teacher's folder).
+
+        `distill_source` counts only when it is not "recorded", so the keys of the runs made
+        before it existed stay valid."""
+        settings = self.group("distill")
+        if settings["distill_source"] == "recorded":
+            del settings["distill_source"]
+        return _hash({"v": ARTIFACT_VERSION, "students": STUDENT_VERSION, **settings})
 
     def run_dir(self) -> Path:
         """runs/<corpus>-<pair>-<preset>-<hash>: the teacher's folder for this config."""
@@ -153,7 +163,7 @@ PRESET_VALUES = {
     # The paper's teacher: 6+6 layers, d_model 128, 8 heads, FF 512, MAX_LEN 50, 20 epochs.
     "paper": dict(corpus="iwslt2017", vocab_size=16000, d_model=128, n_heads=8, d_ff=512,
                   n_enc=6, n_dec=6, dropout=0.1, epochs=20, warmup=4000, lr_factor=1.0, distill_epochs=40,
-                  distill_batch=2000, lr_alr=1e-4, valid_bleu_sentences=888),
+                  distill_batch=2000, lr_alr=1e-4, valid_bleu_sentences=888, distill_source="on_the_fly"),
 }
 
 

@@ -173,6 +173,48 @@ def masked_mse(pred, target, pad) -> torch.Tensor:
     return ((pred - target) ** 2 * real).sum() / (real.sum() * pred.shape[-1]).clamp(min=1)
 
 
+class OnTheFly:
+    """A `Recording` with nothing on disk: each batch runs the teacher (eval, teacher forcing)
+    with hooks on the slot a student learns (`replace.record_io`), on the batch's sentences.
+
+    The values are rounded to float16 and zeroed at padding as a recording's are, so the
+    students learn the same thing from either, batch for batch. On a GPU the teacher's forward
+    pass is cheap next to a large student's; at the paper's scale the recording it saves would
+    be about 50 GB per direction."""
+
+    def __init__(self, teacher, src_ids, tgt_ids):
+        self.teacher = teacher
+        self.src_ids, self.tgt_ids = list(src_ids), list(tgt_ids)
+        self.src_len = np.array([len(s) for s in self.src_ids], dtype=np.int64)
+        self.tgt_len = np.array([len(t) - 1 for t in self.tgt_ids], dtype=np.int64)  # BOS + pieces
+        self.device = torch.device("cpu")
+        self.meta = {"sentences": len(self.src_ids), "bytes": 0, "on_the_fly": True}
+
+    def __len__(self) -> int:
+        return len(self.src_ids)
+
+    nbytes = 0
+
+    def batch(self, source, idx) -> dict:
+        """x, x_pad, memory, memory_pad, target for the sentences `idx`, as `Recording.batch`."""
+        dev = next(self.teacher.parameters()).device
+        src = pad_batch([self.src_ids[i] for i in idx]).to(dev)
+        tgt = pad_batch([self.tgt_ids[i] for i in idx]).to(dev)
+        got = record_io(self.teacher, src, tgt[:, :-1], [tuple(source)])[tuple(source)]
+
+        def like_recorded(v, pad):  # float16 values, zeros at padding
+            return v.half().float().masked_fill(pad[..., None], 0.0)
+        # a recording keeps a sentence's real positions only: on the target side BOS and the
+        # pieces, not the EOS that teacher forcing feeds the shorter sentences of a batch
+        n = torch.as_tensor((self.src_len if source[0] == "encoder" else self.tgt_len)[idx], device=dev)
+        x_pad = torch.arange(got["x"].shape[1], device=dev)[None, :] >= n[:, None]
+        out = dict(x=like_recorded(got["x"], x_pad), x_pad=x_pad, memory=None, memory_pad=None,
+                   target=like_recorded(got["target"], x_pad))
+        if source[0] == "cross":
+            out.update(memory=like_recorded(got["memory"], got["memory_pad"]), memory_pad=got["memory_pad"])
+        return {k: (v.to(self.device) if v is not None else None) for k, v in out.items()}
+
+
 @torch.no_grad()
 def heldout_mse(module, rec: Recording, source, batch_size: int = 256) -> float:
     """Masked MSE of a student over every sentence of a recording (the held-out one)."""

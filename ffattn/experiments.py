@@ -170,12 +170,16 @@ def recordings(t: Teacher, sentences: int | None = None, progress: bool = True):
     teacher's folder keyed by their count: changing any distillation setting (epochs, learning
     rates, the stopping rule) never records the teacher again. It always holds every source
     (`all_sources`), so asking for other students later never rewrites a recording another run
-    may be reading."""
-    from .distill import Recording, record
+    may be reading. With `distill_source` "on_the_fly" nothing is recorded: the two returned
+    objects run the teacher on each batch instead (`distill.OnTheFly`)."""
+    from .distill import OnTheFly, Recording, record
     sources = all_sources(t.cfg)
     train, valid = t.data["train"], t.data["valid"]
     n = sentences if sentences is not None else t.cfg.distill_sentences
     n = min(n or len(train), len(train))
+    if t.cfg.distill_source == "on_the_fly":  # nothing on disk: the teacher runs on every batch
+        return (OnTheFly(t.model, train.src_ids[:n], train.tgt_ids[:n]),
+                OnTheFly(t.model, valid.src_ids, valid.tgt_ids))
     folder = t.run_dir / "recordings"
     with lock(folder / f"train-{n}", f"the teacher's recording of {n} training sentences"):
         larger = sorted((int(json.loads((f / "meta.json").read_text())["sentences"]), f)
