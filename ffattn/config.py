@@ -21,6 +21,7 @@ CORPORA = ("multi30k", "iwslt2017")
 PRESETS = ("tiny", "small", "paper")
 SCHEMES = ("ALR", "ALRR", "ASLR", "ELR")
 DISTILL_SOURCES = ("recorded", "on_the_fly")
+PRECISIONS = ("fp32", "tf32", "bf16")
 SIZES = ("XS", "S", "M", "L", "XL")  # smallest to largest: the order of every table's columns
 # The grid's groups, in the book's order: what each replaces (tables, decisions) and a short
 # name (plot labels). Every room words them from here.
@@ -72,6 +73,8 @@ class Config:
     lr_factor: float = _f(1.0, "train", "scale of the schedule d^-0.5 * min(s^-0.5, s*w^-1.5)")
     label_smoothing: float = _f(0.1, "train", "label smoothing of the cross-entropy")
     seed: int = _f(0, "train", "seed of weights, dropout and batch order")
+    precision: str = _f("fp32", "train", "on a GPU, fp32; tf32: matmuls in TF32; bf16: bfloat16 autocast and TF32, "
+                        "teacher and students (on the CPU every choice computes in fp32)")
     # decode (evaluation only: not part of the teacher's key)
     beam: int = _f(1, "decode", "beam size (1: greedy, as the paper)")
     length_penalty: float = _f(0.6, "decode", "GNMT length penalty alpha for beam search")
@@ -93,6 +96,7 @@ class Config:
         check_choice("corpus", self.corpus, CORPORA)
         check_choice("pair", self.pair, PAIRS)
         check_choice("distill_source", self.distill_source, DISTILL_SOURCES)
+        check_choice("precision", self.precision, PRECISIONS)
         for f in fields(self):
             value, kind = getattr(self, f.name), type(f.default)
             if kind in (int, float) and (isinstance(value, bool) or not isinstance(value, (int, float))):
@@ -122,7 +126,10 @@ class Config:
 
     def teacher_key(self) -> str:
         """Stable hash of everything the tokenizers and the teacher depend on."""
-        return _hash({"v": ARTIFACT_VERSION, **self.group("data", "model", "train")})
+        settings = self.group("data", "model", "train")
+        if settings["precision"] == "fp32":  # the keys of runs made before the setting existed stay valid
+            del settings["precision"]
+        return _hash({"v": ARTIFACT_VERSION, **settings})
 
     def distill_key(self) -> str:
         """Stable hash of the distillation settings (combined with the teacher's folder).
@@ -163,7 +170,8 @@ PRESET_VALUES = {
     # The paper's teacher: 6+6 layers, d_model 128, 8 heads, FF 512, MAX_LEN 50, 20 epochs.
     "paper": dict(corpus="iwslt2017", vocab_size=16000, d_model=128, n_heads=8, d_ff=512,
                   n_enc=6, n_dec=6, dropout=0.1, epochs=20, warmup=4000, lr_factor=1.0, distill_epochs=40,
-                  distill_batch=2000, lr_alr=1e-4, valid_bleu_sentences=888, distill_source="on_the_fly"),
+                  distill_batch=2000, lr_alr=1e-4, valid_bleu_sentences=888, distill_source="on_the_fly",
+                  precision="bf16"),
 }
 
 

@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from .data import pad_batch
 from .replace import build_replacement, record_io
+from .train import autocast
 from .files import load_checkpoint, locks, save_atomic, write_atomic
 
 
@@ -421,8 +422,9 @@ def _train_group(teacher, source, members, rec_train, rec_valid, cfg, folder, pr
             for s in stepping:
                 t0 = time.perf_counter()
                 st = state[s]
-                pred = st["module"].distill_forward(b["x"], b["x_pad"], b["memory"], b["memory_pad"])
-                loss = masked_mse(pred, b["target"], b["x_pad"])
+                with autocast(cfg.precision, b["x"].device):
+                    pred = st["module"].distill_forward(b["x"], b["x_pad"], b["memory"], b["memory_pad"])
+                    loss = masked_mse(pred.float(), b["target"], b["x_pad"])
                 st["opt"].zero_grad(set_to_none=True)
                 loss.backward()
                 st["opt"].step()

@@ -32,6 +32,15 @@ def default_device() -> torch.device:
     return dd.device() if dd.active() else torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def autocast(precision: str, device: torch.device):
+    """The arithmetic of a forward pass: on a GPU, `precision` "tf32" lets matmuls use TF32 and
+    "bf16" also runs them in bfloat16 (autocast); on the CPU every choice computes in fp32."""
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = precision in ("tf32", "bf16")
+    return torch.autocast("cuda" if cuda else "cpu", dtype=torch.bfloat16, enabled=cuda and precision == "bf16")
+
+
 def lr_at(step: int, d_model: int, warmup: int, factor: float) -> float:
     """The inverse-square-root schedule of Vaswani et al.: linear warmup, then step^-0.5."""
     step = max(step, 1)
@@ -78,7 +87,8 @@ def train_teacher(cfg, data, run_dir: Path, progress: bool = True, stop_after_ep
     if dd.active():  # same initial weights on every rank (same seed; DDP also broadcasts rank 0's)
         from torch.nn.parallel import DistributedDataParallel
         net = DistributedDataParallel(model)
-    opt = torch.optim.Adam(model.parameters(), lr=0.0, betas=(0.9, 0.98), eps=1e-9)
+    opt = torch.optim.Adam(model.parameters(), lr=0.0, betas=(0.9, 0.98), eps=1e-9,
+                           fused=True if next(model.parameters()).is_cuda else None)
     history, step, start = [], 0, 0
     if path.exists():
         ck = load_checkpoint(path)
@@ -98,7 +108,8 @@ def train_teacher(cfg, data, run_dir: Path, progress: bool = True, stop_after_ep
             step += 1
             for g in opt.param_groups:
                 g["lr"] = lr_at(step, cfg.d_model, cfg.warmup, cfg.lr_factor)
-            loss, summed, k = _my_share_loss(net, src, tgt, cfg.label_smoothing)
+            with autocast(cfg.precision, next(model.parameters()).device):
+                loss, summed, k = _my_share_loss(net, src, tgt, cfg.label_smoothing)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

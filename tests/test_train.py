@@ -148,3 +148,20 @@ def test_every_setting_is_validated_and_the_error_names_it():
             get_config(value) if f.name == "preset" else get_config("tiny", **{f.name: value})
     with pytest.raises(ValueError, match=r"epochs='three' is not a valid int"):
         get_config("tiny", epochs="three")
+
+
+def test_precision_is_keyed_and_the_cpu_stays_fp32():
+    """bf16/TF32 are for GPUs: on the CPU a forward pass stays fp32 whatever the setting; a
+    non-default precision is part of the teacher's key (fp32 keeps the old keys)."""
+    import torch
+
+    from ffattn.train import autocast
+    tiny = get_config("tiny")
+    assert get_config("tiny", precision="fp32").teacher_key() == tiny.teacher_key()
+    assert get_config("tiny", precision="bf16").teacher_key() != tiny.teacher_key()
+    assert get_config("paper").precision == "bf16"
+    with autocast("bf16", torch.device("cpu")):
+        y = torch.nn.Linear(4, 4)(torch.randn(2, 4))
+    assert y.dtype == torch.float32
+    with pytest.raises(ValueError, match="precision"):
+        get_config("tiny", precision="fp8")
