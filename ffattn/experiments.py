@@ -105,8 +105,11 @@ def _write_config(cfg: Config, run_dir: Path) -> None:
     path = run_dir / "config.json"
     if path.exists():
         old = json.loads(path.read_text())
-        mine = cfg.group("data", "model", "train")
-        if {k: old.get(k) for k in mine} != mine:
+        try:  # a setting added since the folder was made reads as its default, as the key does
+            theirs = cfg.replace(**{k: v for k, v in old.items() if k in cfg.to_dict()})
+        except ValueError:
+            theirs = None
+        if theirs is None or theirs.teacher_key() != cfg.teacher_key():
             raise ValueError(f"{run_dir} holds a run of another config; refusing to mix them")
     write_atomic(path, json.dumps(cfg.to_dict(), indent=1))
 

@@ -165,3 +165,18 @@ def test_precision_is_keyed_and_the_cpu_stays_fp32():
     assert y.dtype == torch.float32
     with pytest.raises(ValueError, match="precision"):
         get_config("tiny", precision="fp8")
+
+
+def test_a_run_folder_refuses_another_config_but_not_an_older_file(tmp_path):
+    import json
+
+    from ffattn.experiments import _write_config
+    cfg = get_config("tiny")
+    old = cfg.to_dict()
+    del old["precision"]  # written before the setting existed: reads as its default
+    (tmp_path / "config.json").write_text(json.dumps(old))
+    _write_config(cfg, tmp_path)
+    assert json.loads((tmp_path / "config.json").read_text())["precision"] == "fp32"
+    (tmp_path / "config.json").write_text(json.dumps({**old, "d_model": 128}))
+    with pytest.raises(ValueError, match="holds a run of another config"):
+        _write_config(cfg, tmp_path)
