@@ -134,11 +134,31 @@ def _bench_args(p):
                    help="comma-separated grid cells, e.g. encoder-ALR-M,decoder-ALR-L "
                         "(default: a representative subset)")
     p.add_argument("--out", default=None, help="where to write the JSON (default: the run's distillation folder)")
+    p.add_argument("--estimate", action="store_true",
+                   help="instead of measuring: estimate the hours `reproduce` takes at this preset (FLOPs of the "
+                        "teacher, the recording, every student, the evaluation over a matmul rate); needs no "
+                        "teacher and no data")
+    p.add_argument("--matmul-gflops", type=float, default=None,
+                   help="with --estimate: the device's matmul rate in GFLOP/s (default: measured here, and the "
+                        "efficiencies with it)")
+    p.add_argument("--efficiency", type=float, default=None,
+                   help="with --estimate: achieved over matmul rate for every part (default: measured with the "
+                        "rate, else documented constants)")
+    p.add_argument("--sentences", type=int, default=None,
+                   help="with --estimate: training sentences per direction (default: the corpus's)")
+    p.add_argument("--tokens-per-sentence", type=float, default=None,
+                   help="with --estimate: mean sentence length in tokens (default: the corpus's, assumed for IWSLT)")
 
 
 def _bench(cfg, args):
     from . import cost, experiments
     from .report import to_markdown
+    if getattr(args, "estimate", False):  # untrained models only: no teacher, no data
+        from .estimate import estimate, estimate_markdown
+        e = estimate(cfg, matmul_gflops=args.matmul_gflops, sentences=args.sentences,
+                     tokens_per_sentence=args.tokens_per_sentence, efficiency=args.efficiency)
+        print(estimate_markdown(e))
+        return
     cells = [c.strip() for c in args.cells.split(",") if c.strip()] if args.cells else None
     result = cost.bench(cfg, cells=cells, repeats=args.repeats, out=args.out, progress=True)
     df = cost.tradeoff(result)
