@@ -34,7 +34,7 @@ def main(argv=None) -> int:
     p.add_argument("--preset", default="tiny")
     p.add_argument("--students", default="encoder-0-ALR-M,encoder-0-ALR-L,decoder-0-ALR-L,cross-0-ALR-L")
     args = p.parse_args(argv)
-    cfg = get_config(args.preset, distill_epochs=1, distill_patience=0)
+    cfg = get_config(args.preset, distill_epochs=1, distill_patience=0, distill_source="recorded")
     t = experiments.teacher(cfg, progress=False)
     started = time.perf_counter()
     recorded = experiments.recordings(t, progress=False)

@@ -86,7 +86,10 @@ def main(argv=None) -> int:
 
 
 def _run(args, cfg, extra) -> int:
-    from . import experiments
+    from . import distributed, experiments
+    if distributed.active() and args.command not in ("teacher", "reproduce"):
+        raise ValueError(f"{args.command} runs in one process (it measures or writes files alone); "
+                         "torchrun is for teacher and reproduce")
     if args.command in extra:
         return extra[args.command][2](cfg, args) or 0
     t = experiments.teacher(cfg)

@@ -11,6 +11,7 @@ talks to the other ranks lives in this room.
 from __future__ import annotations
 
 import contextlib
+import datetime
 import os
 
 import torch
@@ -50,11 +51,14 @@ def init() -> bool:
     """Join the process group when launched by torchrun; True if this is a distributed run."""
     if not launched() or active():
         return active()
+    # a rank may wait hours at a barrier (its share of the grid done before the others', or
+    # rank 0 waiting for another job's lock): the default 10 to 30 minutes would end the job
+    timeout = datetime.timedelta(hours=float(os.environ.get("FFATTN_DIST_TIMEOUT_HOURS", "72")))
     if torch.cuda.is_available():
         torch.cuda.set_device(device())
-        dist.init_process_group("nccl")
+        dist.init_process_group("nccl", timeout=timeout)
     else:
-        dist.init_process_group("gloo")
+        dist.init_process_group("gloo", timeout=timeout)
     return True
 
 

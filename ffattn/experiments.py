@@ -285,6 +285,7 @@ def run_grid(t: Teacher, cells: list[Cell] | None = None, progress: bool = True)
             evaluate_cell(t, cell, progress=False)
         dd.barrier()
     rec_valid = recordings(t, progress=False)[1]
+    rec_valid.device = next(t.model.parameters()).device  # the floors' students live with the teacher
     n_train = len(t.data["train"])
     n_distill = min(t.cfg.distill_sentences or n_train, n_train)
     rows = []

@@ -24,7 +24,9 @@ import torch
 from filelock import FileLock, Timeout
 
 
-def _atomically(path: Path, write) -> None:
+def atomically(path: Path, write) -> None:
+    """Call write(tmp) on a temporary file beside `path`, then rename it over `path`; on any
+    failure the temporary file is removed and `path` is left as it was."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
@@ -42,12 +44,12 @@ def write_atomic(path: Path, data: str | bytes) -> None:
     def write(tmp):
         with open(tmp, "wb" if isinstance(data, bytes) else "w") as f:
             f.write(data)
-    _atomically(path, write)
+    atomically(path, write)
 
 
 def save_atomic(obj, path: Path) -> None:
     """torch.save to a temporary file, then rename: an interrupted save leaves the old file."""
-    _atomically(path, lambda tmp: torch.save(obj, tmp))
+    atomically(path, lambda tmp: torch.save(obj, tmp))
 
 
 def load_checkpoint(path: Path, mmap: bool = False) -> dict:
@@ -73,7 +75,8 @@ def lock(path: Path, what: str | None = None):
     """Hold the lock of the artifact at `path` (the file `<path>.lock`) for the block.
 
     Build the artifact inside the block after checking, inside it too, whether it exists:
-    the process that waited finds it built and loads it. Yields a `Waited`."""
+    the process that waited finds it built and loads it. Yields a `Waited`. Not re-entrant:
+    a process must not take the lock of an artifact it already holds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     held = FileLock(str(path) + ".lock")
@@ -81,7 +84,7 @@ def lock(path: Path, what: str | None = None):
     try:
         held.acquire(timeout=0)
     except Timeout:
-        print(f"ffattn: another process is building {what or path}; waiting for it, then loading it",
+        print(f"ffattn: another process is building or reading {what or path}; waiting for it",
               file=sys.stderr, flush=True)
         started = time.perf_counter()
         held.acquire()

@@ -11,6 +11,7 @@ rank 0 alone writes the checkpoints.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
@@ -32,13 +33,21 @@ def default_device() -> torch.device:
     return dd.device() if dd.active() else torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+@contextlib.contextmanager
 def autocast(precision: str, device: torch.device):
-    """The arithmetic of a forward pass: on a GPU, `precision` "tf32" lets matmuls use TF32 and
-    "bf16" also runs them in bfloat16 (autocast); on the CPU every choice computes in fp32."""
-    cuda = device.type == "cuda"
-    if cuda:
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = precision in ("tf32", "bf16")
-    return torch.autocast("cuda" if cuda else "cpu", dtype=torch.bfloat16, enabled=cuda and precision == "bf16")
+    """The arithmetic of the block: on a GPU, `precision` "tf32" lets matmuls use TF32 and
+    "bf16" also runs them in bfloat16 (autocast); on the CPU every choice computes in fp32.
+    The TF32 switches are torch's globals: set for the block only, then put back."""
+    if device.type != "cuda" or precision == "fp32":
+        yield
+        return
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    try:
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
 def lr_at(step: int, d_model: int, warmup: int, factor: float) -> float:
@@ -100,6 +109,8 @@ def train_teacher(cfg, data, run_dir: Path, progress: bool = True, stop_after_ep
     valid = list(data.batches("valid", shuffle=False))
     for epoch in range(start, cfg.epochs):
         model.train()
+        if dd.active():  # each rank its own dropout masks, repeatable per (seed, epoch, rank)
+            torch.manual_seed(cfg.seed + 1000 * (epoch + 1) + dd.rank())
         t0, total, ntok = time.time(), 0.0, 0
         batches = data.batches("train", shuffle=True, seed=cfg.seed, epoch=epoch)
         bar = tqdm(batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress or not dd.is_main(),
@@ -116,6 +127,7 @@ def train_teacher(cfg, data, run_dir: Path, progress: bool = True, stop_after_ep
             total, ntok = total + summed, ntok + k
             bar.set_postfix(loss=f"{total / ntok:.3f}")
         total, ntok = dd.sum_floats([total, ntok])  # the whole batch's, over the ranks
+        ntok = int(ntok)
         row = {"epoch": epoch + 1, "step": step, "train_loss": total / ntok,
                "valid_loss": validation_loss(model, valid), "seconds": time.time() - t0,
                "tokens": ntok}

@@ -215,7 +215,8 @@ def bundle(cfg, out: Path | None = None, progress: bool = True) -> Path:
 
 
 def _fetch(source: str) -> Path:
-    """A bundle given as a path, or an http(s) URL downloaded once into the cache."""
+    """A bundle given as a path, or an http(s) URL downloaded once into the cache (with its
+    `.sha256` beside it when the server has one)."""
     if not source.startswith(("http://", "https://")):
         path = Path(source).expanduser()
         if not path.exists():
@@ -223,25 +224,31 @@ def _fetch(source: str) -> Path:
         return path
     import os
     import shutil
+    import tempfile
     import urllib.request
 
     from .data import cache_dir
+    from .files import lock, write_atomic
     if os.environ.get("FFATTN_OFFLINE"):
         raise RuntimeError(f"FFATTN_OFFLINE is set: cannot download the bundle {source}; copy it here and give its path")
     path = cache_dir() / "bundles" / source.rstrip("/").rsplit("/", 1)[-1]
-    if not path.exists():
+    with lock(path, f"the download of {source}"):
+        if path.exists():
+            return path
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".part")
-        for suffix, target in (("", tmp), (".sha256", path.with_name(path.name + ".sha256"))):
-            try:
-                with urllib.request.urlopen(source + suffix, timeout=60) as r, open(target, "wb") as f:
-                    shutil.copyfileobj(r, f)
-            except OSError as e:
-                tmp.unlink(missing_ok=True)
-                if suffix:
-                    break  # no checksum file next to it: the manifest's checksums still hold
-                raise RuntimeError(f"could not download the bundle {source}: {e}") from e
-        tmp.replace(path)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+        try:
+            with urllib.request.urlopen(source, timeout=60) as r, os.fdopen(fd, "wb") as f:
+                shutil.copyfileobj(r, f, 1 << 20)
+        except OSError as e:
+            Path(tmp).unlink(missing_ok=True)
+            raise RuntimeError(f"could not download the bundle {source}: {e}") from e
+        try:  # its checksum, when the server has one; the manifest's per-file checksums hold anyway
+            with urllib.request.urlopen(source + ".sha256", timeout=60) as r:
+                write_atomic(path.with_name(path.name + ".sha256"), r.read())
+        except OSError:
+            pass
+        Path(tmp).replace(path)
     return path
 
 
@@ -255,10 +262,11 @@ def unbundle(source, force: bool = False, progress: bool = True) -> dict:
     from tqdm.auto import tqdm
 
     from .config import ARTIFACT_VERSION, STUDENT_VERSION, Config, runs_root
-    from .files import write_atomic
+    from .files import atomically
     path = _fetch(str(source))
     check = path.with_name(path.name + ".sha256")
-    if check.exists() and check.read_text().split()[0] != _sha256(path):
+    expected = check.read_text().split() if check.exists() else []
+    if expected and expected[0] != _sha256(path):
         raise RuntimeError(f"the bundle {path} is damaged: its checksum differs from {check.name}; download it again")
     try:
         tar = tarfile.open(path, "r:*")
@@ -300,9 +308,19 @@ def unbundle(source, force: bool = False, progress: bool = True) -> dict:
             if not ok:
                 raise RuntimeError(f"the bundle {path.name} is damaged: {name} is missing or fails its checksum; "
                                    "download it again")
+        # the teachers last: a bundle cut short leaves no finished teacher without its tokenizers
+        todo.sort(key=lambda n: n.endswith("/teacher.pt"))
         for name in tqdm(todo, desc="unbundling", disable=not progress, leave=False):
-            write_atomic(root / name, tar.extractfile(name).read())
+            member = tar.extractfile(name)
+            atomically(root / name, lambda tmp: _copy(member, tmp))
     return manifest
+
+
+def _copy(member, target) -> None:
+    """Stream a tar member to a file (a student of the paper preset is 160 MB: not in memory)."""
+    import shutil
+    with open(target, "wb") as f:
+        shutil.copyfileobj(member, f, 1 << 20)
 
 
 # ----------------------------------------------------------------------------- Colab: one repository, named in _config.yml

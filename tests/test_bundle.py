@@ -1,5 +1,7 @@
 """A bundle of trained models that attendees unpack instead of training."""
 import functools
+import os
+from pathlib import Path
 import http.server
 import io
 import json
@@ -68,11 +70,18 @@ def test_bundle_over_http(made, fresh_runs, monkeypatch):
     handler.log_message = lambda *a: None
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
+    bare = path.parent / "bare"  # a server with the bundle but no .sha256 beside it
+    bare.mkdir(exist_ok=True)
+    (bare / "nosum.tar").write_bytes(path.read_bytes())
     try:
         workshop.unbundle(f"http://127.0.0.1:{server.server_port}/{path.name}", progress=False)
+        assert (cfg.run_dir() / "teacher.pt").exists()
+        workshop.unbundle(f"http://127.0.0.1:{server.server_port}/bare/nosum.tar", progress=False)
+        assert not (Path(os.environ["FFATTN_CACHE"]) / "bundles" / "nosum.tar.sha256").exists()
+        with pytest.raises(RuntimeError, match="could not download the bundle .*missing.tar"):
+            workshop.unbundle(f"http://127.0.0.1:{server.server_port}/missing.tar", progress=False)
     finally:
         server.shutdown()
-    assert (cfg.run_dir() / "teacher.pt").exists()
 
 
 def _rewrite(path, out, manifest_change=None, damage=None):
