@@ -499,15 +499,15 @@ def bench(cfg, cells=None, repeats: int | None = None, out: str | Path | None = 
     evaluation (computed if missing). reuse: return the JSON at `out` if it holds the same
     models (default `bench_path`: the distillation folder of the run).
     """
-    t = experiments.teacher(cfg, progress=progress)
     if cells is None:
         cells = default_cells(cfg)
-    else:
+    else:  # checked before anything is trained
         by_name = {c.name: c for c in experiments.grid(cfg)}
         unknown = [c for c in cells if isinstance(c, str) and c not in by_name]
         if unknown:
             raise ValueError(f"unknown cell(s) {unknown}; choose from: {', '.join(by_name)}")
         cells = [by_name[c] if isinstance(c, str) else c for c in cells]
+    t = experiments.teacher(cfg, progress=progress)
     out = Path(out) if out else bench_path(t)
     names = ["teacher"] + [c.name for c in cells]
     if reuse and out.exists():

@@ -18,6 +18,9 @@ def run(argv) -> int:
     (["teacher", "--epochs", "-3"], 2, "epochs=-3 must be positive"),
     (["teacher", "--dropout", "1.5"], 2, "dropout=1.5 must lie in [0, 1)"),
     (["reproduce", "--pairs", "de-en,xx-yy"], 2, "unknown pair 'xx-yy'"),
+    (["bench", "--cells", "encoder-XYZ-M"], 2, "unknown cell(s) ['encoder-XYZ-M']; choose from: encoder-ALR-XS"),
+    (["teacher", "--distill-source", "disk"], 2, "unknown distill_source 'disk'; choose one of: recorded, on_the_fly"),
+    (["unbundle", "/nowhere/bundle.tar"], 1, "ffattn: error: no bundle at /nowhere/bundle.tar"),
 ])
 def test_bad_values_are_one_message_and_status_2(argv, status, message, capsys):
     assert run(argv) == status
@@ -32,3 +35,16 @@ def test_missing_data_offline_is_a_run_time_error_with_status_1(capsys, monkeypa
     assert main(["teacher", "--preset", "tiny", "--corpus", "iwslt2017"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("ffattn: error:") and "Traceback" not in err and "FFATTN" in err
+
+
+def test_a_damaged_checkpoint_is_a_run_time_error(capsys, monkeypatch, tmp_path):
+    from ffattn.config import get_config
+    monkeypatch.setenv("FFATTN_RUNS", str(tmp_path / "runs"))
+    flags = ["--train-limit", "200", "--valid-limit", "20", "--vocab-size", "200"]
+    cfg = get_config("tiny", train_limit=200, valid_limit=20, vocab_size=200)
+    cfg.run_dir().mkdir(parents=True)
+    (cfg.run_dir() / "teacher.pt").write_bytes(b"not a checkpoint")
+    assert run(["teacher", "--preset", "tiny", *flags]) == 1
+    err = capsys.readouterr().err
+    assert "teacher.pt is damaged or not a checkpoint" in err and "delete it to retrain" in err
+    assert "Traceback" not in err
