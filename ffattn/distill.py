@@ -385,16 +385,23 @@ def train_students(teacher, students: list[Student], rec_train: Recording, rec_v
     return out
 
 
+def finished_history(s: Student, cfg, folder: Path) -> list | None:
+    """The history of a student finished in `folder` under `cfg`'s key, else None (no weights loaded)."""
+    path = Path(folder) / f"{s.name}.pt"
+    if not path.exists():
+        return None
+    ck = load_checkpoint(path, mmap=True)
+    return ck["history"] if ck.get("finished") and ck.get("distill_key") == cfg.distill_key() else None
+
+
 def _train_group(teacher, source, members, rec_train, rec_valid, cfg, folder, progress, out) -> None:
     """Train the unfinished students of `members`, which all learn from `source`, into `out`."""
     state = {}
     for s in members:
-        path = folder / f"{s.name}.pt"
-        if path.exists():  # finished students: read the history only, load no weights
-            ck = load_checkpoint(path, mmap=True)
-            if ck.get("finished") and ck.get("distill_key") == cfg.distill_key():
-                out[s] = ck["history"]
-                continue
+        done = finished_history(s, cfg, folder)
+        if done is not None:  # finished: its history only, no weights
+            out[s] = done
+            continue
         state[s] = _load_state(teacher, s, cfg, folder)
     todo = [s for s in members if s in state]
     if not todo:

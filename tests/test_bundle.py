@@ -57,6 +57,7 @@ def test_unbundled_models_load_without_training(made, fresh_runs, monkeypatch):
     assert _same(t.model.state_dict(), t2.model.state_dict())
     got2 = experiments.students(t2, list(got), progress=False)
     assert all(_same(got[s][0].state_dict(), got2[s][0].state_dict()) for s in got)
+    assert not (cfg.run_dir() / "recordings").exists()  # finished students need no recording
     # finished students only, weights only: no optimiser state travels
     ck = torch.load(fresh_runs / next(n for n in names if n.endswith("-M.pt")), weights_only=True)
     assert ck["finished"] and "optimizer" not in ck
