@@ -180,13 +180,15 @@ def _bench(cfg, args):
 
 def _bundle_args(p):
     p.add_argument("--out", default=None, help="the archive to write (default: <runs>/ffattn-<preset>-...tar)")
+    p.add_argument("--no-study", action="store_true",
+                   help="leave the budget study's students out (chapter 8 then trains its smaller points)")
 
 
 def _bundle(cfg, args):
     from pathlib import Path
 
     from .workshop import bundle
-    out = bundle(cfg, args.out)
+    out = bundle(cfg, args.out, study=not args.no_study)
     print(f"{out} ({Path(out).stat().st_size / 2 ** 20:,.0f} MiB) and its checksum {out}.sha256")
 
 

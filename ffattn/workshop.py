@@ -147,10 +147,11 @@ BUNDLE_FORMAT = 1
 _SKIP = (".lock", ".part")
 
 
-def _bundle_files(cfg) -> list[Path]:
+def _bundle_files(cfg, study: bool = True) -> list[Path]:
     """The finished artifacts of `cfg`'s run folder the chapters read: config, tokenizers,
-    teacher, scores, and for the grid and the budget study the finished students (weights
-    only), their scores and benchmark; never recordings, locks or unfinished students."""
+    teacher, scores, and for the grid (and, with `study`, the budget study's points) the
+    finished students (weights only), their scores and benchmark; never recordings, locks or
+    unfinished students."""
     from . import budget
     from .files import load_checkpoint
     run = cfg.run_dir()
@@ -160,7 +161,9 @@ def _bundle_files(cfg) -> list[Path]:
                            f"(python -m ffattn reproduce --preset {cfg.preset} --pair {cfg.pair})")
     files = [p for p in [run / "config.json", teacher, run / "history.json"] if p.exists()]
     files += sorted(p for sub in ("tokenizers", "eval") for p in (run / sub).glob("*") if p.is_file())
-    keys = {cfg.replace(distill_sentences=n).distill_key() for n in budget.SENTENCES} | {cfg.distill_key()}
+    keys = {cfg.distill_key()}
+    if study:
+        keys |= {cfg.replace(distill_sentences=n).distill_key() for n in budget.SENTENCES}
     for key in sorted(keys):
         folder = run / f"distill-{key}"
         files += [p for p in (folder / "results.csv", folder / "bench.json") if p.exists()]
@@ -179,16 +182,18 @@ def _sha256(path_or_file) -> str:
     return h.hexdigest()
 
 
-def bundle(cfg, out: Path | None = None, progress: bool = True) -> Path:
+def bundle(cfg, out: Path | None = None, progress: bool = True, study: bool = True) -> Path:
     """Pack `cfg`'s trained teacher, grid and budget study into one tar with a manifest (the
     versions and config it was made with, every file's size and sha256) and `<tar>.sha256`.
+    `study=False` leaves the budget study's students out (a third of the size at `tiny`; the
+    study's chapter then trains its smaller points).
 
     Returns the archive's path (default `<runs>/ffattn-<preset>-<corpus>-<pair>-<key>.tar`)."""
     from tqdm.auto import tqdm
 
     from .config import ARTIFACT_VERSION, STUDENT_VERSION, runs_root
     from .files import write_atomic
-    files = _bundle_files(cfg)
+    files = _bundle_files(cfg, study)
     root = runs_root()
     manifest = {"format": BUNDLE_FORMAT, "artifact_version": ARTIFACT_VERSION, "student_version": STUDENT_VERSION,
                 "config": cfg.to_dict(), "teacher_key": cfg.teacher_key(), "distill_key": cfg.distill_key(),
