@@ -101,15 +101,13 @@ GRID = textwrap.dedent("""
 """)
 
 
-def test_the_grid_across_two_ranks_equals_one_process(tmp_path):
+def test_the_grid_across_two_ranks_equals_one_process(tmp_path, monkeypatch):
     """Students and cells shared out by cost among two ranks: the same rows as one process."""
     cfg = get_config("tiny", **MICRO)
     one, two = tmp_path / "one", tmp_path / "two"
-    os.environ["FFATTN_RUNS"] = str(one)
-    try:
+    with monkeypatch.context() as mp:
+        mp.setenv("FFATTN_RUNS", str(one))
         experiments.teacher(cfg, progress=False)  # one teacher for both, so only the grid differs
-    finally:
-        os.environ.pop("FFATTN_RUNS")
     shutil.copytree(one / cfg.run_dir().name, two / cfg.run_dir().name)
     cells = "encoder-ALR-M,encoder-ELR-S,decoder-ALR-M,encoder-ALR-M-untrained"
     script = tmp_path / "grid.py"
