@@ -29,24 +29,10 @@ from torch.utils.flop_counter import FlopCounterMode
 from ffattn import experiments
 from ffattn.config import get_config
 from ffattn.distill import Student, _adam, epoch_batches, masked_mse, new_student, train_students
+from ffattn.estimate import matmul_gflops
 
 STUDENTS = [Student("encoder", 0, sc, sz) for sc in ("ALR", "ASLR", "ALRR", "ELR") for sz in ("M", "L")]
 STUDENTS += [Student("decoder", 0, "ALR", "L"), Student("cross", 0, "ALR", "L"), Student("cross_causal", 0, "ALR", "L")]
-
-
-def matmul_gflops(sizes=(2048, 4096), repeats: int = 5) -> float:
-    """Best fp32 GFLOP/s of a square matmul C = A @ B over a few runs."""
-    best = 0.0
-    for n in sizes:
-        a, b = torch.randn(n, n), torch.randn(n, n)
-        a @ b
-        k = max(1, int(2e10 // (2 * n ** 3)))
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            for _ in range(k):
-                a @ b
-            best = max(best, 2 * n ** 3 * k / (time.perf_counter() - t0) / 1e9)
-    return best
 
 
 def step_flops(module, d: int, B: int, T: int, S: int, cross: bool) -> int:
@@ -91,7 +77,7 @@ def main(argv=None):
     cfg = cfg.replace(distill_epochs=1, distill_patience=0, **({"distill_batch": args.batch} if args.batch else {}))
     t = experiments.teacher(cfg, progress=False)
     rec_train, rec_valid = experiments.recordings(t, progress=False)
-    peak = matmul_gflops()
+    peak = matmul_gflops("cpu", sizes=(2048, 4096))
     print(f"{args.preset}: {len(rec_train):,} sentences an epoch, batch {cfg.distill_batch}, "
           f"{torch.get_num_threads()} threads; fp32 square matmul {peak:.0f} GFLOP/s")
     rows = []
@@ -109,7 +95,7 @@ def main(argv=None):
         print(f"  {row['student']:22s} {row['tflop']:7.2f} TFLOP  epoch {wall:6.1f} s "
               f"(steps {hist['seconds']:6.1f}, loading {hist['loading_seconds']:4.1f}, held-out {hist['heldout_seconds']:4.1f})"
               f"  {row['gflops_epoch']:5.0f} GFLOP/s = {row['ratio_epoch']:4.0%} of the matmul rate")
-    after = matmul_gflops()
+    after = matmul_gflops("cpu", sizes=(2048, 4096))
     best = max(peak, after)
     print(f"fp32 square matmul after the students: {after:.0f} GFLOP/s (before: {peak:.0f}); "
           f"against the better of the two, {best:.0f} GFLOP/s:")
