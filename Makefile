@@ -8,8 +8,9 @@ OVERRIDES ?=
 STUDY ?=
 # CI cannot afford the converged tiny grid (about an hour on 2 cores, see the README): make test
 # runs every chapter on a starved budget that exercises the same code, 3000 sentences and at
-# most 2 epochs per student, and a two-point budget study. Every table the chapters print says so.
-TEST_OVERRIDES := {"distill_sentences": 3000, "distill_epochs": 2}
+# most 2 epochs per student, a two-point budget study, and a fine-tune of one epoch on 3000
+# sentences. Every table the chapters print says so.
+TEST_OVERRIDES := {"distill_sentences": 3000, "distill_epochs": 2, "finetune_sentences": 3000, "finetune_epochs": 1}
 TEST_STUDY := 1000,3000
 VENV   := .venv
 PY     := $(VENV)/bin/python

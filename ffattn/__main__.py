@@ -3,6 +3,7 @@
     python -m ffattn teacher   --preset tiny --pair de-en
     python -m ffattn evaluate  --preset tiny --split test --beam 4
     python -m ffattn translate --preset tiny "Ein Hund rennt." "Zwei Männer lachen."
+    python -m ffattn finetune  --preset tiny --finetune-epochs 2   # beyond the paper
     echo "Ein Hund rennt." | python -m ffattn translate --preset tiny
     torchrun --nproc_per_node 4 -m ffattn reproduce --preset paper   # several GPUs (or CPU processes)
 
@@ -178,6 +179,18 @@ def _bench(cfg, args):
     print("written to", args.out or cost.bench_path(experiments.teacher(cfg, progress=False)))
 
 
+def _finetune(cfg, args):
+    from . import experiments
+    t = experiments.teacher(cfg)
+    r = experiments.finetuned(t)
+    for row in r["history"]:
+        print(json.dumps(row))
+    base = experiments.teacher_metrics(t, "test", progress=False)["bleu"]
+    closed = (r["bleu"] - r["bleu_before"]) / (base - r["bleu_before"]) if base != r["bleu_before"] else float("nan")
+    print(f"test BLEU: teacher {base:.2f}, attentionless (distilled) {r['bleu_before']:.2f}, after "
+          f"{cfg.finetune_epochs} epoch(s) of fine-tuning {r['bleu']:.2f}: {closed:.0%} of the gap closed")
+
+
 def _bundle_args(p):
     p.add_argument("--out", default=None, help="the archive to write (default: <runs>/ffattn-<preset>-...tar)")
     p.add_argument("--no-study", action="store_true",
@@ -233,6 +246,8 @@ def _extra_commands() -> dict:
                           _reproduce_args, _reproduce),
             "bench": ("measure parameters, FLOPs, CPU latency and memory of the teacher and grid cells; "
                       "write bench.json and print the tables", _bench_args, _bench),
+            "finetune": ("beyond the paper: fine-tune the attentionless Transformer (students at L) end to end "
+                         "on the translation loss, and score it", lambda p: None, _finetune),
             "bundle": ("pack the trained teacher, grid and budget study of a config into one archive "
                        "(weights only) for a workshop", _bundle_args, _bundle),
             "unbundle": ("unpack a bundle where the cache looks, so nothing is trained", _unbundle_args, _unbundle),

@@ -2,10 +2,10 @@
 
 One flat `Config` keeps overrides simple: the same field name works as a keyword
 (`get_config(d_model=128)`), a CLI flag (`--d-model 128`) and a papermill parameter.
-Each field belongs to a group (data, model, train, decode, distill); the teacher's cache
-key hashes the data, model and train groups, so changing a decoding or distillation setting
-never retrains the teacher, and changing anything the teacher depends on never loads an
-old one.
+Each field belongs to a group (data, model, train, decode, distill, finetune); the teacher's
+cache key hashes the data, model and train groups, so changing a decoding or distillation
+setting never retrains the teacher, and changing anything the teacher depends on never loads
+an old one. The students' key hashes the distill group, the fine-tune's its own.
 """
 from __future__ import annotations
 
@@ -90,6 +90,10 @@ class Config:
                              "memory maps; on_the_fly: the teacher runs on each batch, nothing on disk")
     lr_alr: float = _f(1e-3, "distill", "constant learning rate of ALR students (paper: 1e-4 over far more steps)")
     lr_other: float = _f(1e-3, "distill", "constant learning rate of ALRR, ASLR, ELR (paper)")
+    # fine-tune (beyond the paper; its own key, so the teacher and the students never depend on it)
+    finetune_epochs: int = _f(2, "finetune", "epochs of end-to-end training of the attentionless Transformer")
+    finetune_lr: float = _f(1e-4, "finetune", "constant Adam learning rate of that fine-tune")
+    finetune_sentences: int = _f(0, "finetune", "training sentences it reads (0: all)")
 
     def __post_init__(self):
         check_choice("preset", self.preset, PRESETS)
@@ -141,6 +145,11 @@ class Config:
             del settings["distill_source"]
         return _hash({"v": ARTIFACT_VERSION, "students": STUDENT_VERSION, **settings})
 
+    def finetune_key(self) -> str:
+        """Stable hash of everything a fine-tuned attentionless Transformer depends on."""
+        return _hash({"teacher": self.teacher_key(), "distill": self.distill_key(), **self.group("finetune"),
+                      "seed": self.seed})
+
     def run_dir(self) -> Path:
         """runs/<corpus>-<pair>-<preset>-<hash>: the teacher's folder for this config."""
         return runs_root() / f"{self.corpus}-{self.pair}-{self.preset}-{self.teacher_key()}"
@@ -155,9 +164,10 @@ class Config:
 
 # What each numeric setting may be (every field of Config is in exactly one group).
 _POSITIVE = ("vocab_size", "max_len", "batch_tokens", "d_model", "n_heads", "d_ff", "n_enc", "n_dec", "epochs",
-             "warmup", "lr_factor", "beam", "distill_epochs", "distill_batch", "lr_alr", "lr_other")
+             "warmup", "lr_factor", "beam", "distill_epochs", "distill_batch", "lr_alr", "lr_other",
+             "finetune_epochs", "finetune_lr")
 _NON_NEGATIVE = ("train_limit", "valid_limit", "seed", "length_penalty", "valid_bleu_sentences",
-                 "distill_patience", "distill_sentences")
+                 "distill_patience", "distill_sentences", "finetune_sentences")
 _FRACTIONS = ("dropout", "label_smoothing", "distill_min_delta")
 
 PRESET_VALUES = {

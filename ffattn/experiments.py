@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from . import data as data_mod
 from . import distributed as dd
-from .config import Config, get_config
+from .config import Config, check_choice, get_config
 from .evaluate import evaluate
 from .files import load_checkpoint, lock, write_atomic
 from .model import Transformer
@@ -339,6 +339,38 @@ def run_grid(t: Teacher, cells: list[Cell] | None = None, progress: bool = True)
     return df
 
 
+def finetuned(t: Teacher, group: str = "attentionless_causal", progress: bool = True) -> dict:
+    """The attentionless Transformer of `group` at size L, fine-tuned end to end on the
+    translation loss (`finetune.finetune`, beyond the paper), trained or loaded through the
+    cache; returns {"model", "history", "bleu", "chrf", "bleu_before", "key"}."""
+    from .finetune import LEAK, finetune
+    cells = {c.group: c for c in grid(t.cfg) if c.group.startswith("attentionless")}
+    check_choice("attentionless group", group, sorted(cells))
+    if group == "attentionless":  # before any student is loaded or trained
+        raise ValueError(LEAK)
+    cell, key = cells[group], t.cfg.finetune_key()
+    path = distill_dir(t) / "finetune" / f"{cell.name}-{key}.pt"
+    with lock(path, f"the fine-tuned {cell.name}"):
+        model = cell_model(t, cell)  # loads the distilled students from disk: nothing cached is changed
+        history = finetune(model, t.data, path, key, t.cfg.finetune_epochs, t.cfg.finetune_lr,
+                           t.cfg.finetune_sentences, t.cfg.label_smoothing, t.cfg.seed,
+                           t.cfg.valid_bleu_sentences, progress)
+    before = evaluate_cell(t, cell, progress=progress)
+    out_dir = distill_dir(t) / "eval"
+    name = f"{cell.name}-finetuned-{key}.test-beam{t.cfg.beam}"
+    with lock(out_dir / f"{name}.json", f"the scores of the fine-tuned {cell.name}"):
+        if (out_dir / f"{name}.json").exists():
+            m = json.loads((out_dir / f"{name}.json").read_text())
+        else:
+            if "test" not in t.data.splits:
+                t.data = data_mod.prepare(t.cfg, splits=(*t.data.splits, "test"))
+            m = evaluate(model, t.tokenizers, t.data["test"].src, t.data["test"].tgt, beam=t.cfg.beam,
+                         length_penalty=t.cfg.length_penalty, out_dir=out_dir, name=name, progress=progress)
+            m.pop("hypotheses")
+    return {"model": model, "history": history, "bleu": m["bleu"], "chrf": m["chrf"],
+            "bleu_before": before["bleu"], "key": key}
+
+
 def _my_share(cfg: Config, students) -> list:
     """This rank's students, balanced by cost: a shallow FF's FLOPs per input vector are twice
     its parameters, so the grid is shared out by parameters (`replace.count_params`), not count."""
@@ -356,7 +388,7 @@ def reproduce(cfg: Config, pairs=("de-en",), progress: bool = True):
     among the ranks, and rank 0 writes the files: the same results as one process."""
     import pandas as pd
 
-    from .config import PAIRS, check_choice
+    from .config import PAIRS
     from .report import write_report
     frames = []
     for pair in pairs:  # every pair checked before anything is trained

@@ -150,8 +150,8 @@ _SKIP = (".lock", ".part")
 def _bundle_files(cfg, study: bool = True) -> list[Path]:
     """The finished artifacts of `cfg`'s run folder the chapters read: config, tokenizers,
     teacher, scores, and for the grid (and, with `study`, the budget study's points) the
-    finished students (weights only), their scores and benchmark; never recordings, locks or
-    unfinished students."""
+    finished students (weights only), their scores and benchmark, and the finished fine-tune
+    of chapter 7; never recordings, locks or unfinished students."""
     from . import budget
     from .files import load_checkpoint
     run = cfg.run_dir()
@@ -171,6 +171,9 @@ def _bundle_files(cfg, study: bool = True) -> list[Path]:
         for p in sorted((folder / "students").glob("*.pt")):
             if load_checkpoint(p, mmap=True).get("finished"):
                 files.append(p)
+    for p in sorted((run / f"distill-{cfg.distill_key()}" / "finetune").glob(f"*-{cfg.finetune_key()}.pt")):
+        if "optimizer" not in load_checkpoint(p, mmap=True):  # finished: the weights alone
+            files.append(p)
     return [p for p in files if not p.name.endswith(_SKIP)]
 
 

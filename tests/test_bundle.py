@@ -15,21 +15,24 @@ from ffattn import experiments, workshop
 from ffattn.config import get_config
 
 MICRO = dict(train_limit=300, valid_limit=40, vocab_size=300, d_model=32, n_heads=2, d_ff=64, n_enc=1, n_dec=1,
-             epochs=2, warmup=30, valid_bleu_sentences=0, distill_epochs=1, distill_batch=32, batch_tokens=600)
+             epochs=2, warmup=30, valid_bleu_sentences=0, distill_epochs=1, distill_batch=32, batch_tokens=600,
+             finetune_epochs=1, finetune_sentences=100)
 
 
 @pytest.fixture(scope="module")
 def made(tmp_path_factory):
-    """A micro teacher and two students trained in one runs folder, and their bundle."""
+    """A micro teacher, two students and the fine-tuned attentionless model trained in one runs
+    folder, and their bundle."""
     mp = pytest.MonkeyPatch()
     mp.setenv("FFATTN_RUNS", str(tmp_path_factory.mktemp("bundle-source")))
     cfg = get_config("tiny", **MICRO)
     t = experiments.teacher(cfg, progress=False)
     wanted = experiments.all_layers(cfg, "encoder", "ALR", "M") + experiments.all_layers(cfg, "decoder", "ALR", "M")
     got = experiments.students(t, wanted, progress=False)
+    tuned = experiments.finetuned(t, progress=False)
     path = workshop.bundle(cfg, tmp_path_factory.mktemp("out") / "micro.tar", progress=False)
     mp.undo()
-    return cfg, t, got, path
+    return cfg, t, got, path, tuned
 
 
 @pytest.fixture
@@ -43,7 +46,7 @@ def _same(a, b):
 
 
 def test_unbundled_models_load_without_training(made, fresh_runs, monkeypatch):
-    cfg, t, got, path = made
+    cfg, t, got, path, tuned = made
     names = json.loads(tarfile.open(path).extractfile("manifest.json").read())["files"]
     assert not any("/recordings/" in n or n.endswith((".lock", ".part")) for n in names)
     manifest = workshop.unbundle(path, progress=False)
@@ -61,11 +64,14 @@ def test_unbundled_models_load_without_training(made, fresh_runs, monkeypatch):
     # finished students only, weights only: no optimiser state travels
     ck = torch.load(fresh_runs / next(n for n in names if n.endswith("-M.pt")), weights_only=True)
     assert ck["finished"] and "optimizer" not in ck
+    monkeypatch.setattr("ffattn.finetune.save_atomic", no_training)
+    tuned2 = experiments.finetuned(t2, progress=False)  # chapter 7's fine-tune travels too
+    assert _same(tuned["model"].state_dict(), tuned2["model"].state_dict()) and tuned2["bleu"] == tuned["bleu"]
     assert workshop.unbundle(path, progress=False)  # again: everything identical, nothing to do
 
 
 def test_bundle_over_http(made, fresh_runs, monkeypatch):
-    cfg, _, _, path = made
+    cfg, _, _, path, _ = made
     monkeypatch.delenv("FFATTN_OFFLINE", raising=False)
     handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(path.parent))
     handler.log_message = lambda *a: None
@@ -100,7 +106,7 @@ def _rewrite(path, out, manifest_change=None, damage=None):
 
 
 def test_bundles_that_do_not_fit_are_refused(made, fresh_runs, tmp_path):
-    cfg, _, _, path = made
+    cfg, _, _, path, _ = made
     old = _rewrite(path, tmp_path / "old.tar", lambda m: {**m, "student_version": m["student_version"] - 1})
     with pytest.raises(RuntimeError, match="made by another version of ffattn"):
         workshop.unbundle(old, progress=False)
@@ -122,7 +128,7 @@ def test_bundles_that_do_not_fit_are_refused(made, fresh_runs, tmp_path):
 
 
 def test_a_different_cache_file_is_kept_unless_forced(made, fresh_runs):
-    cfg, _, _, path = made
+    cfg, _, _, path, _ = made
     workshop.unbundle(path, progress=False)
     (cfg.run_dir() / "history.json").write_text("[]")
     with pytest.raises(RuntimeError, match="differ from what is already.*--force"):
