@@ -3,7 +3,7 @@
     python -m ffattn teacher   --preset tiny --pair de-en
     python -m ffattn evaluate  --preset tiny --split test --beam 4
     python -m ffattn translate --preset tiny "Ein Hund rennt." "Zwei Männer lachen."
-    python -m ffattn finetune  --preset tiny --finetune-epochs 2   # beyond the paper
+    python -m ffattn finetune  --preset tiny            # beyond the paper: fine-tune the attentionless model
     echo "Ein Hund rennt." | python -m ffattn translate --preset tiny
     torchrun --nproc_per_node 4 -m ffattn reproduce --preset paper   # several GPUs (or CPU processes)
 

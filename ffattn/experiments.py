@@ -354,7 +354,7 @@ def finetuned(t: Teacher, group: str = "attentionless_causal", progress: bool = 
         model = cell_model(t, cell)  # loads the distilled students from disk: nothing cached is changed
         history = finetune(model, t.data, path, key, t.cfg.finetune_epochs, t.cfg.finetune_lr,
                            t.cfg.finetune_sentences, t.cfg.label_smoothing, t.cfg.seed,
-                           t.cfg.valid_bleu_sentences, progress)
+                           t.cfg.valid_bleu_sentences, t.cfg.precision, progress)
     before = evaluate_cell(t, cell, progress=progress)
     out_dir = distill_dir(t) / "eval"
     name = f"{cell.name}-finetuned-{key}.test-beam{t.cfg.beam}"

@@ -23,7 +23,7 @@ from .data import token_batches
 from .distill import _adam
 from .files import load_checkpoint, save_atomic
 from .replace import FFCrossAttention
-from .train import batch_loss, valid_bleu, validation_loss
+from .train import autocast, batch_loss, valid_bleu, validation_loss
 
 
 LEAK = ("the paper's (non-causal) cross-attention form reads the target tokens it must predict, "
@@ -39,11 +39,12 @@ def check_causal(model) -> None:
 
 def finetune(model, data, path: Path, key: str, epochs: int, lr: float, sentences: int = 0,
              label_smoothing: float = 0.1, seed: int = 0, bleu_sentences: int = 0,
-             progress: bool = True) -> list[dict]:
+             precision: str = "fp32", progress: bool = True) -> list[dict]:
     """Train every weight of `model` (in place) on the translation loss for `epochs` epochs of
     the first `sentences` training pairs (0: all); returns the history, one row per epoch.
 
-    Adam at the constant rate `lr`, token batches as the teacher's. `path` is rewritten after
+    Adam at the constant rate `lr`, token batches as the teacher's, `precision` as the
+    teacher's (`train.autocast`: bf16 or TF32 on a GPU, fp32 on the CPU). `path` is rewritten after
     every epoch (with the optimiser while unfinished, the weights alone once finished), so an
     interrupted run resumes; `key` names the settings, and a checkpoint of others is refused.
     The row of epoch 0 is the distilled start, before any step; with `bleu_sentences`, each
@@ -54,10 +55,9 @@ def finetune(model, data, path: Path, key: str, epochs: int, lr: float, sentence
     n = min(sentences or len(train), len(train))
     src_ids, tgt_ids = train.src_ids[:n], train.tgt_ids[:n]
     valid = list(data.batches("valid", shuffle=False))
-    params = [p for p in model.parameters()]
-    for p in params:
+    for p in model.parameters():  # the teacher's copied weights too, and the students' frozen W_O
         p.requires_grad_(True)
-    opt = _adam(params, lr)
+    opt = _adam(list(model.parameters()), lr)
     history, start = [], 0
     if path.exists():
         ck = load_checkpoint(path)
@@ -67,6 +67,7 @@ def finetune(model, data, path: Path, key: str, epochs: int, lr: float, sentence
         history, start = ck["history"], ck["epoch"]
         if "optimizer" in ck:
             opt.load_state_dict(ck["optimizer"])
+
     def scored(row):
         row["valid_loss"] = validation_loss(model, valid)
         row["valid_bleu"] = valid_bleu(model, data, bleu_sentences) if bleu_sentences else None
@@ -81,7 +82,8 @@ def finetune(model, data, path: Path, key: str, epochs: int, lr: float, sentence
         batches = token_batches(src_ids, tgt_ids, data.cfg.batch_tokens, shuffle=True, seed=seed, epoch=epoch)
         bar = tqdm(batches, desc=f"fine-tuning, epoch {epoch + 1}/{epochs}", disable=not progress, leave=False)
         for src, tgt in bar:
-            loss, k = batch_loss(model, src, tgt, label_smoothing)
+            with autocast(precision, next(model.parameters()).device):
+                loss, k = batch_loss(model, src, tgt, label_smoothing)
             opt.zero_grad(set_to_none=True)
             (loss / k).backward()
             opt.step()
