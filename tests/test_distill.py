@@ -1,4 +1,6 @@
 """Distillation on a tiny teacher: students learn the teacher's blocks and beat the floor."""
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -86,3 +88,40 @@ def test_distillation_lowers_heldout_mse_well_below_the_untrained_floor(general_
         assert best == pytest.approx(heldout_mse(module, rec_valid, s.source), rel=1e-4)
         assert best < 0.5 * floor, (s.name, history, floor)
         assert best < history[0]["heldout_mse"], (s.name, history)
+
+
+def test_a_compiled_step_equals_the_eager_one_and_stays_outside_the_key():
+    """`distill_compile` only changes how the step runs: the same loss and gradients (to float
+    rounding) for batches of two lengths (dynamic shapes), and the same cache key."""
+    from ffattn.config import get_config
+    from ffattn.distill import step_loss
+    from small_models import ML, small_teacher
+    teacher = small_teacher()
+    torch.manual_seed(0)
+    for where in ("decoder", "cross_causal"):
+        s = Student(where, 0, "ALR", "M")
+        eager, comp = new_student(teacher, s, ML), new_student(teacher, s, ML)
+        comp.load_state_dict(eager.state_dict())
+        f_eager, f_comp = step_loss(eager), step_loss(comp, compile=True)
+        for B, T in ((6, 5), (4, 8)):
+            x, target = torch.randn(B, T, 16), torch.randn(B, T, 16)
+            pad = torch.zeros(B, T, dtype=torch.bool)
+            pad[0, T - 2:] = True
+            mem = torch.randn(B, 3, 16) if where == "cross_causal" else None
+            mpad = torch.zeros(B, 3, dtype=torch.bool) if mem is not None else None
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                a, b = f_eager(x, pad, mem, mpad, target), f_comp(x, pad, mem, mpad, target)
+            assert not [w for w in caught if "torch.compile failed" in str(w.message)]  # it did compile
+            a.backward()
+            b.backward()
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+            for p, q in zip(eager.parameters(), comp.parameters()):
+                if p.grad is not None:
+                    torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-6)
+            eager.zero_grad()
+            comp.zero_grad()
+    tiny = get_config("tiny")
+    assert get_config("tiny", distill_compile="causal").distill_key() == tiny.distill_key()
+    with pytest.raises(ValueError, match="distill_compile.*off, causal, all"):
+        get_config("tiny", distill_compile="fast")

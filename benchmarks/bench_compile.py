@@ -1,0 +1,139 @@
+"""Does torch.compile help here? Eager against compiled, side by side in one run.
+
+    python benchmarks/bench_compile.py --preset tiny            # fixed shapes
+    python benchmarks/bench_compile.py --preset tiny --varied   # students as the trainer runs them
+
+Times a training step of the teacher (token batch, label-smoothed loss, backward, Adam) and
+distillation steps of students at L (encoder ALR, decoder self-attention, cross-attention in
+the causal form: forward, masked MSE, backward, fused Adam), on random inputs at the preset's
+sizes, each eager and through `torch.compile` (inductor), best of `--repeats` after warm-up;
+the compile time apart, and the loss of both. With `--varied` the students' batches change
+length from step to step, as in distillation (a causal student works up to its batch's longest
+sentence), and they are compiled as the trainer compiles them (`distill.step_loss`, dynamic
+shapes): a first pass over the batches compiles what they need (its extra time is the compile
+time), a second pass is timed. The setting
+`distill_compile` (off by default) rests on these figures; the README has them.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+import torch
+
+from ffattn.config import get_config
+from ffattn.distill import Student, _adam, masked_mse, new_student, step_loss
+from ffattn.model import Transformer
+from ffattn.train import batch_loss
+
+
+def _best(fn, repeats: int) -> float:
+    fn()
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def _compare(name: str, make_loss, params, repeats: int, varied: bool = False) -> dict:
+    """make_loss(compiled: bool) -> a function of the step number returning the step's loss; a
+    step is that loss, its backward and an Adam update of `params`."""
+    out = {"work": name}
+    for compiled in (False, True):
+        loss_fn = make_loss(compiled)
+        opt = _adam(params, 1e-9)
+        n = [0]
+
+        def step():
+            loss = loss_fn(n[0])
+            n[0] += 1
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            return loss
+        t0 = time.perf_counter()
+        first = step().item()  # compiles, when compiled
+        if varied:  # one pass over every length (compiling what it needs), then a timed pass
+            for _ in range(repeats - 1):
+                step()
+            warm = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            for _ in range(repeats):
+                step()
+            out["compiled_s" if compiled else "eager_s"] = (time.perf_counter() - t0) / repeats
+            out["compile_s" if compiled else "first_eager_s"] = warm - repeats * out["compiled_s" if compiled else "eager_s"]
+        else:
+            out["compile_s" if compiled else "first_eager_s"] = time.perf_counter() - t0
+            out["compiled_s" if compiled else "eager_s"] = _best(step, repeats)
+        out["loss_compiled" if compiled else "loss_eager"] = first
+    return out
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", default="tiny")
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--tokens", type=int, default=16, help="sentence length of the random batches (Multi30k: 16)")
+    p.add_argument("--varied", action="store_true", help="students only, batches of varied lengths, dynamic shapes")
+    args = p.parse_args(argv)
+    cfg = get_config(args.preset)
+    torch.manual_seed(0)
+    V, L = cfg.vocab_size, args.tokens
+    teacher = Transformer.from_config(cfg, V, V)
+    rows = []
+
+    if not args.varied:
+        B = max(1, cfg.batch_tokens // (L + 2))
+        src, tgt = torch.randint(4, V, (B, L)), torch.randint(4, V, (B, L + 1))
+        teacher.train()
+
+        def teacher_loss(compiled):
+            net = torch.compile(teacher) if compiled else teacher
+            return lambda i: (lambda loss, n: loss / n)(*batch_loss(net, src, tgt, cfg.label_smoothing))
+        rows.append(_compare(f"teacher step ({B} sentences of {L} tokens)", teacher_loss,
+                             list(teacher.parameters()), args.repeats))
+
+    Bs = min(cfg.distill_batch, 256)
+    g = torch.Generator().manual_seed(0)
+    lengths = torch.randint(L - 2, cfg.max_len + 1, (args.repeats,), generator=g).tolist()
+    for where, T in (("encoder", L), ("decoder", cfg.max_len), ("cross_causal", cfg.max_len)):
+        s = Student(where, 0, "ALR", "L")
+        student = new_student(teacher, s, cfg.max_len, cfg.seed).train()
+        Ts = [T if where == "encoder" or not args.varied else t for t in lengths]
+        batches = []
+        for t in Ts:
+            pad = torch.zeros(Bs, t, dtype=torch.bool)
+            pad[1:, t - 2:] = True  # shorter sentences beside the longest
+            mem = torch.randn(Bs, L, cfg.d_model) if where.startswith("cross") else None
+            mpad = torch.zeros(Bs, L, dtype=torch.bool) if mem is not None else None
+            batches.append((torch.randn(Bs, t, cfg.d_model), pad, mem, mpad, torch.randn(Bs, t, cfg.d_model)))
+
+        def student_loss(compiled, student=student, batches=batches):
+            if args.varied:
+                f = step_loss(student, compile=compiled)
+                return lambda i: f(*batches[i % len(batches)])
+
+            def loss(i):
+                x, pad, mem, mpad, target = batches[0]
+                return masked_mse(student.distill_forward(x, pad, mem, mpad), target, pad)
+            return torch.compile(loss) if compiled else loss
+        shape = f"{Bs} sentences of {min(Ts)}-{max(Ts)} tokens" if args.varied else f"{Bs} sentences of {T} tokens"
+        rows.append(_compare(f"{s.name} step ({shape})", student_loss,
+                             [q for q in student.parameters() if q.requires_grad], args.repeats, args.varied))
+
+    how = f"mean of {args.repeats} steps of varied lengths" if args.varied else f"best of {args.repeats} steps"
+    print(f"preset {cfg.preset}, {torch.get_num_threads()} threads, torch {torch.__version__}, {how} "
+          f"after warm-up\n")
+    print("| work | eager s/step | compiled s/step | speed-up | compile s | loss eager / compiled |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['work']} | {r['eager_s']:.4f} | {r['compiled_s']:.4f} | {r['eager_s'] / r['compiled_s']:.2f}x "
+              f"| {r['compile_s']:.1f} | {r['loss_eager']:.5f} / {r['loss_compiled']:.5f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
