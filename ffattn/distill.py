@@ -405,6 +405,11 @@ def step_loss(module, compile: bool = False):
         return masked_mse(pred.float(), target, x_pad)
     if not compile:
         return loss
+    # every student compiles this same function: room for a few variants (first static, then
+    # dynamic shapes) of each student of a grid, instead of torch's 8, after which it runs eagerly
+    dynamo = torch._dynamo.config
+    dynamo.recompile_limit = max(dynamo.recompile_limit, 1024)
+    dynamo.accumulated_recompile_limit = max(dynamo.accumulated_recompile_limit, 4096)
     now = [torch.compile(loss, dynamic=True)]
 
     def compiled(*batch):

@@ -125,3 +125,30 @@ def test_a_compiled_step_equals_the_eager_one_and_stays_outside_the_key():
     assert get_config("tiny", distill_compile="causal").distill_key() == tiny.distill_key()
     with pytest.raises(ValueError, match="distill_compile.*off, causal, all"):
         get_config("tiny", distill_compile="fast")
+
+
+def test_every_student_of_a_grid_runs_compiled():
+    """All students compile the same step function: past torch's default of 8 variants it
+    would run the rest eagerly, without an error (torch only logs it). Twelve students of
+    three kinds and four sizes."""
+    import logging
+
+    from ffattn.distill import step_loss
+    from small_models import ML, small_teacher
+    logged = []
+    handler = logging.Handler()
+    handler.emit = lambda record: logged.append(record.getMessage())
+    logging.getLogger("torch._dynamo").addHandler(handler)
+    try:
+        teacher = small_teacher()
+        torch.manual_seed(0)
+        for where in ("encoder", "decoder", "cross_causal"):
+            for size in ("XS", "S", "M", "L"):
+                f = step_loss(new_student(teacher, Student(where, 1, "ALR", size), ML), compile=True)
+                for T in (5, 7, 8):
+                    mem = torch.randn(3, 4, 16) if where == "cross_causal" else None
+                    mpad = torch.zeros(3, 4, dtype=torch.bool) if mem is not None else None
+                    f(torch.randn(3, T, 16), torch.zeros(3, T, dtype=torch.bool), mem, mpad, torch.randn(3, T, 16))
+    finally:
+        logging.getLogger("torch._dynamo").removeHandler(handler)
+    assert not [m for m in logged if "recompile_limit" in m], logged
