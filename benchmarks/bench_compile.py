@@ -24,18 +24,9 @@ import torch
 
 from ffattn.config import get_config
 from ffattn.distill import Student, _adam, masked_mse, new_student, step_loss
+from ffattn.estimate import _best_seconds
 from ffattn.model import Transformer
 from ffattn.train import batch_loss
-
-
-def _best(fn, repeats: int) -> float:
-    fn()
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
 
 
 def _compare(name: str, make_loss, params, repeats: int, varied: bool = False) -> dict:
@@ -67,7 +58,7 @@ def _compare(name: str, make_loss, params, repeats: int, varied: bool = False) -
             out["compile_s" if compiled else "first_eager_s"] = warm - repeats * out["compiled_s" if compiled else "eager_s"]
         else:
             out["compile_s" if compiled else "first_eager_s"] = time.perf_counter() - t0
-            out["compiled_s" if compiled else "eager_s"] = _best(step, repeats)
+            out["compiled_s" if compiled else "eager_s"] = _best_seconds(step, torch.device("cpu"), repeats=repeats)
         out["loss_compiled" if compiled else "loss_eager"] = first
     return out
 

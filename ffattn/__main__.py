@@ -181,14 +181,11 @@ def _bench(cfg, args):
 
 def _finetune(cfg, args):
     from . import experiments
-    t = experiments.teacher(cfg)
-    r = experiments.finetuned(t)
+    r = experiments.finetuned(experiments.teacher(cfg))
     for row in r["history"]:
         print(json.dumps(row))
-    base = experiments.teacher_metrics(t, "test", progress=False)["bleu"]
-    closed = (r["bleu"] - r["bleu_before"]) / (base - r["bleu_before"]) if base != r["bleu_before"] else float("nan")
-    print(f"test BLEU: teacher {base:.2f}, attentionless (distilled) {r['bleu_before']:.2f}, after "
-          f"{cfg.finetune_epochs} epoch(s) of fine-tuning {r['bleu']:.2f}: {closed:.0%} of the gap closed")
+    print(f"test BLEU: teacher {r['bleu_teacher']:.2f}, attentionless (distilled) {r['bleu_before']:.2f}, after "
+          f"{cfg.finetune_epochs} epoch(s) of fine-tuning {r['bleu']:.2f}: {r['gap_closed']:.0%} of the gap closed")
 
 
 def _bundle_args(p):

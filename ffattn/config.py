@@ -90,7 +90,7 @@ class Config:
     distill_source: str = _f("recorded", "distill", "recorded: the teacher's activations saved once as float16 "
                              "memory maps; on_the_fly: the teacher runs on each batch, nothing on disk")
     distill_compile: str = _f("off", "distill", "torch.compile the students' training steps: off, causal "
-                              "(decoder and causal cross students: 1.4-1.9x faster at L on 2 CPU cores, after 10-30 s "
+                              "(decoder and causal cross students: 1.4-1.9x faster at L on 2 CPU cores, after 2-35 s "
                               "of compiling, see the README) or all; a speed setting, outside the key")
     lr_alr: float = _f(1e-3, "distill", "constant learning rate of ALR students (paper: 1e-4 over far more steps)")
     lr_other: float = _f(1e-3, "distill", "constant learning rate of ALRR, ASLR, ELR (paper)")

@@ -22,7 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .data import pad_batch
-from .replace import build_replacement, record_io
+from .replace import CausalFFCrossAttention, CausalFFSelfAttention, build_replacement, record_io
 from .train import autocast
 from .files import load_checkpoint, locks, save_atomic, write_atomic
 
@@ -399,7 +399,7 @@ def step_loss(module, compile: bool = False):
     """loss(batch) of a student's distillation step: its prediction's masked MSE against the
     teacher's. With `compile`, through `torch.compile` with dynamic shapes (the batches vary
     in length): on 2 CPU cores a causal student's step at L ran 1.4-1.9x faster, a dense one's
-    1.1x, after 10-30 s of compiling per student (benchmarks/bench_compile.py --varied)."""
+    1.1x, after 2-35 s of compiling per student (benchmarks/bench_compile.py --varied)."""
     def loss(x, x_pad, memory, memory_pad, target):
         pred = module.distill_forward(x, x_pad, memory, memory_pad)
         return masked_mse(pred.float(), target, x_pad)
@@ -424,8 +424,9 @@ def step_loss(module, compile: bool = False):
     return compiled
 
 
-def _compiled(cfg, s: Student) -> bool:
-    return cfg.distill_compile == "all" or (cfg.distill_compile == "causal" and s.where in ("decoder", "cross_causal"))
+def _compiled(cfg, module) -> bool:
+    return cfg.distill_compile == "all" or (
+        cfg.distill_compile == "causal" and isinstance(module, (CausalFFSelfAttention, CausalFFCrossAttention)))
 
 
 def _train_group(teacher, source, members, rec_train, rec_valid, cfg, folder, progress, out) -> None:
@@ -437,7 +438,7 @@ def _train_group(teacher, source, members, rec_train, rec_valid, cfg, folder, pr
             out[s] = done
             continue
         state[s] = _load_state(teacher, s, cfg, folder)
-        state[s]["loss"] = step_loss(state[s]["module"], _compiled(cfg, s))
+        state[s]["loss"] = step_loss(state[s]["module"], _compiled(cfg, state[s]["module"]))
     todo = [s for s in members if s in state]
     if not todo:
         return

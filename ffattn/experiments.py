@@ -7,6 +7,7 @@ interrupted training resumed) otherwise.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import time
 from dataclasses import dataclass, field
@@ -248,18 +249,23 @@ def cell_model(t: Teacher, cell: Cell, trained: dict | None = None):
 def evaluate_cell(t: Teacher, cell: Cell, trained: dict | None = None, split: str = "test",
                   progress: bool = True) -> dict:
     """sacreBLEU of the teacher with the cell installed, cached beside the students."""
+    return _scored(t, cell.name, lambda: cell_model(t, cell, trained), split, progress)
+
+
+def _scored(t: Teacher, name: str, model, split: str = "test", progress: bool = True) -> dict:
+    """sacreBLEU and chrF of `model()` (built only when not cached) on a split, greedy or
+    the config's beam, cached in the distillation folder's eval/ under `name`."""
     beam = t.cfg.beam
     out_dir = distill_dir(t) / "eval"
-    path = out_dir / f"{cell.name}.{split}-beam{beam}.json"
-    with lock(path, f"the scores of {cell.name}"):
+    path = out_dir / f"{name}.{split}-beam{beam}.json"
+    with lock(path, f"the scores of {name}"):
         if path.exists():
             return json.loads(path.read_text())
-        model = cell_model(t, cell, trained)
         if split not in t.data.splits:
             t.data = data_mod.prepare(t.cfg, splits=(*t.data.splits, split))
         src, ref = t.data[split].src, t.data[split].tgt
-        m = evaluate(model, t.tokenizers, src, ref, beam=beam, length_penalty=t.cfg.length_penalty,
-                     out_dir=out_dir, name=f"{cell.name}.{split}-beam{beam}", progress=progress)
+        m = evaluate(model(), t.tokenizers, src, ref, beam=beam, length_penalty=t.cfg.length_penalty,
+                     out_dir=out_dir, name=f"{name}.{split}-beam{beam}", progress=progress)
     m.pop("hypotheses")
     return m
 
@@ -342,33 +348,30 @@ def run_grid(t: Teacher, cells: list[Cell] | None = None, progress: bool = True)
 def finetuned(t: Teacher, group: str = "attentionless_causal", progress: bool = True) -> dict:
     """The attentionless Transformer of `group` at size L, fine-tuned end to end on the
     translation loss (`finetune.finetune`, beyond the paper), trained or loaded through the
-    cache; returns {"model", "history", "bleu", "chrf", "bleu_before", "key"}."""
+    cache; returns {"model", "history", "key"} and the test scores: "bleu", "chrf", and
+    "bleu_before" (as distilled), "bleu_teacher", "gap_closed" (the share of the gap between
+    them that the fine-tune closed)."""
     from .finetune import LEAK, finetune
     cells = {c.group: c for c in grid(t.cfg) if c.group.startswith("attentionless")}
     check_choice("attentionless group", group, sorted(cells))
-    if group == "attentionless":  # before any student is loaded or trained
-        raise ValueError(LEAK)
     cell, key = cells[group], t.cfg.finetune_key()
+    if any(s.where == "cross" for s in cell.students):  # refused before any student is loaded or trained
+        raise ValueError(LEAK)
     path = distill_dir(t) / "finetune" / f"{cell.name}-{key}.pt"
     with lock(path, f"the fine-tuned {cell.name}"):
-        model = cell_model(t, cell)  # loads the distilled students from disk: nothing cached is changed
+        # from the distilled students, or, when a checkpoint holds the weights, from fresh ones it overwrites
+        start = dataclasses.replace(cell, trained=False) if path.exists() else cell
+        model = cell_model(t, start)
         history = finetune(model, t.data, path, key, t.cfg.finetune_epochs, t.cfg.finetune_lr,
                            t.cfg.finetune_sentences, t.cfg.label_smoothing, t.cfg.seed,
                            t.cfg.valid_bleu_sentences, t.cfg.precision, progress)
-    before = evaluate_cell(t, cell, progress=progress)
-    out_dir = distill_dir(t) / "eval"
-    name = f"{cell.name}-finetuned-{key}.test-beam{t.cfg.beam}"
-    with lock(out_dir / f"{name}.json", f"the scores of the fine-tuned {cell.name}"):
-        if (out_dir / f"{name}.json").exists():
-            m = json.loads((out_dir / f"{name}.json").read_text())
-        else:
-            if "test" not in t.data.splits:
-                t.data = data_mod.prepare(t.cfg, splits=(*t.data.splits, "test"))
-            m = evaluate(model, t.tokenizers, t.data["test"].src, t.data["test"].tgt, beam=t.cfg.beam,
-                         length_penalty=t.cfg.length_penalty, out_dir=out_dir, name=name, progress=progress)
-            m.pop("hypotheses")
-    return {"model": model, "history": history, "bleu": m["bleu"], "chrf": m["chrf"],
-            "bleu_before": before["bleu"], "key": key}
+    m = _scored(t, f"{cell.name}-finetuned-{key}", lambda: model, "test", progress)
+    before = evaluate_cell(t, cell, progress=progress)["bleu"]
+    teacher_bleu = teacher_metrics(t, "test", progress=progress)["bleu"]
+    gap = teacher_bleu - before
+    return {"model": model, "history": history, "key": key, "bleu": m["bleu"], "chrf": m["chrf"],
+            "bleu_before": before, "bleu_teacher": teacher_bleu,
+            "gap_closed": (m["bleu"] - before) / gap if gap > 0 else float("nan")}
 
 
 def _my_share(cfg: Config, students) -> list:
