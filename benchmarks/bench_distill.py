@@ -11,9 +11,13 @@ both cross-attention forms at L, on the cached teacher of a preset:
 - time: one whole epoch as `distill.train_students` runs it (batches gathered from the
   recording, the steps, the held-out evaluation), in a temporary folder.
 - the machine: a square fp32 matmul (n = 2048 and 4096), best of several runs, measured
-  before and after the students in the same process.
+  before and after the students in the same process; with `--precision bf16` (the students'
+  steps under bfloat16 autocast, `distill_precision`) a square bf16 matmul too, so each ratio
+  is given against both rates: the issue's target is the fp32 one. `--precision fp32 bf16`
+  runs each student's epoch in both, one after the other, and prints the speed ratio.
 
-    python benchmarks/bench_distill.py --preset tiny [--batch 512] [--out bench_distill.json]
+    python benchmarks/bench_distill.py --preset tiny [--batch 512] [--precision fp32 bf16]
+        [--compile causal] [--students 'encoder ALR-L,decoder ALR-L'] [--out bench_distill.json]
 """
 from __future__ import annotations
 
@@ -69,46 +73,72 @@ def main(argv=None):
     p.add_argument("--pair", default="de-en")
     p.add_argument("--batch", type=int, default=None, help="sentences per batch (default: the preset's)")
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--precision", nargs="+", default=None, choices=("fp32", "bf16"),
+                   help="distill_precision of the students' steps, one or both, side by side (default: the preset's)")
+    p.add_argument("--compile", default=None, choices=("off", "causal", "all"), help="distill_compile (default: the preset's)")
+    p.add_argument("--students", default=None, help="comma-separated names as printed, e.g. 'encoder ALR-L,decoder ALR-L'")
     p.add_argument("--out", default=None, help="write the figures as JSON here")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     cfg = get_config(args.preset, pair=args.pair)
-    cfg = cfg.replace(distill_epochs=1, distill_patience=0, **({"distill_batch": args.batch} if args.batch else {}))
+    cfg = cfg.replace(distill_epochs=1, distill_patience=0, **({"distill_batch": args.batch} if args.batch else {}),
+                      **({"distill_compile": args.compile} if args.compile else {}))
+    precisions = args.precision or [cfg.distill_precision]
+    students = [s for s in STUDENTS if not args.students or _label(s) in args.students.split(",")]
     t = experiments.teacher(cfg, progress=False)
     rec_train, rec_valid = experiments.recordings(t, progress=False)
-    peak = matmul_gflops("cpu", sizes=(2048, 4096))
+    peak = {"fp32": matmul_gflops("cpu", sizes=(2048, 4096))}
+    if "bf16" in precisions:
+        peak["bf16"] = matmul_gflops("cpu", sizes=(2048, 4096), dtype=torch.bfloat16)
     print(f"{args.preset}: {len(rec_train):,} sentences an epoch, batch {cfg.distill_batch}, "
-          f"{torch.get_num_threads()} threads; fp32 square matmul {peak:.0f} GFLOP/s")
+          f"{torch.get_num_threads()} threads, compile {cfg.distill_compile}; square matmul "
+          + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in peak.items()))
     rows = []
-    for s in STUDENTS:
+    for s in students:
         flops = epoch_flops(t, s, rec_train, cfg.distill_batch)
-        with tempfile.TemporaryDirectory() as tmp:
-            t0 = time.perf_counter()
-            hist = train_students(t.model, [s], rec_train, rec_valid, cfg, tmp, progress=False)[s][0]
-            wall = time.perf_counter() - t0
-        row = {"student": f"{s.where} {s.scheme}-{s.size}", "tflop": flops / 1e12, "epoch_s": wall,
-               "steps_s": hist["seconds"], "loading_s": hist["loading_seconds"], "heldout_s": hist["heldout_seconds"],
-               "gflops_epoch": flops / wall / 1e9, "gflops_steps": flops / hist["seconds"] / 1e9}
-        row["ratio_epoch"] = row["gflops_epoch"] / peak
-        rows.append(row)
-        print(f"  {row['student']:22s} {row['tflop']:7.2f} TFLOP  epoch {wall:6.1f} s "
-              f"(steps {hist['seconds']:6.1f}, loading {hist['loading_seconds']:4.1f}, held-out {hist['heldout_seconds']:4.1f})"
-              f"  {row['gflops_epoch']:5.0f} GFLOP/s = {row['ratio_epoch']:4.0%} of the matmul rate")
+        for prec in precisions:
+            with tempfile.TemporaryDirectory() as tmp:
+                t0 = time.perf_counter()
+                hist = train_students(t.model, [s], rec_train, rec_valid, cfg.replace(distill_precision=prec), tmp,
+                                      progress=False)[s][0]
+                wall = time.perf_counter() - t0
+            row = {"student": _label(s), "precision": prec, "tflop": flops / 1e12, "epoch_s": wall,
+                   "steps_s": hist["seconds"], "loading_s": hist["loading_seconds"],
+                   "heldout_s": hist["heldout_seconds"], "heldout_mse": hist["heldout_mse"],
+                   "gflops_epoch": flops / wall / 1e9, "gflops_steps": flops / hist["seconds"] / 1e9}
+            row["ratio_epoch"] = row["gflops_epoch"] / peak["fp32"]
+            if prec == "bf16":
+                row["ratio_epoch_bf16"] = row["gflops_epoch"] / peak["bf16"]
+            rows.append(row)
+            print(f"  {row['student']:22s} {prec} {row['tflop']:7.2f} TFLOP  epoch {wall:6.1f} s "
+                  f"(steps {hist['seconds']:6.1f}, loading {hist['loading_seconds']:4.1f}, "
+                  f"held-out {hist['heldout_seconds']:4.1f}; MSE {hist['heldout_mse']:.4g})"
+                  f"  {row['gflops_epoch']:5.0f} GFLOP/s = {row['ratio_epoch']:4.0%} of the fp32 matmul rate"
+                  + (f", {row['ratio_epoch_bf16']:4.0%} of the bf16 one" if prec == "bf16" else ""), flush=True)
+        if len(precisions) > 1:
+            a, b = (r["epoch_s"] for r in rows[-2:])
+            print(f"  {'':22s} {precisions[1]} against {precisions[0]}: {a / b:.2f}x the speed")
     after = matmul_gflops("cpu", sizes=(2048, 4096))
-    best = max(peak, after)
-    print(f"fp32 square matmul after the students: {after:.0f} GFLOP/s (before: {peak:.0f}); "
+    best = max(peak["fp32"], after)
+    print(f"fp32 square matmul after the students: {after:.0f} GFLOP/s (before: {peak['fp32']:.0f}); "
           f"against the better of the two, {best:.0f} GFLOP/s:")
     for row in rows:
         row["ratio_epoch_best"] = row["gflops_epoch"] / best
-        print(f"  {row['student']:22s} {row['ratio_epoch_best']:4.0%}")
+        print(f"  {row['student']:22s} {row['precision']} {row['ratio_epoch_best']:4.0%}")
     result = {"preset": args.preset, "batch": cfg.distill_batch, "sentences": len(rec_train),
-              "threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine(),
-              "torch": torch.__version__, "matmul_gflops": peak, "matmul_gflops_after": after, "students": rows}
+              "compile": cfg.distill_compile, "threads": torch.get_num_threads(),
+              "cpu": platform.processor() or platform.machine(), "torch": torch.__version__,
+              "matmul_gflops": peak["fp32"], "matmul_gflops_bf16": peak.get("bf16"), "matmul_gflops_after": after,
+              "students": rows}
     if args.out:
         with open(args.out, "w") as f:
             json.dump(result, f, indent=1)
     return result
+
+
+def _label(s: Student) -> str:
+    return f"{s.where} {s.scheme}-{s.size}"
 
 
 if __name__ == "__main__":

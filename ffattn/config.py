@@ -74,8 +74,9 @@ class Config:
     lr_factor: float = _f(1.0, "train", "scale of the schedule d^-0.5 * min(s^-0.5, s*w^-1.5)")
     label_smoothing: float = _f(0.1, "train", "label smoothing of the cross-entropy")
     seed: int = _f(0, "train", "seed of weights, dropout and batch order")
-    precision: str = _f("fp32", "train", "on a GPU, fp32; tf32: matmuls in TF32; bf16: bfloat16 autocast and TF32, "
-                        "teacher and students (on the CPU every choice computes in fp32)")
+    precision: str = _f("fp32", "train", "the teacher's arithmetic on a GPU: fp32; tf32: matmuls in TF32; bf16: "
+                        "bfloat16 autocast and TF32 (on the CPU every choice computes in fp32; the students' "
+                        "is distill_precision)")
     # decode (evaluation only: not part of the teacher's key)
     beam: int = _f(1, "decode", "beam size (1: greedy, as the paper)")
     length_penalty: float = _f(0.6, "decode", "GNMT length penalty alpha for beam search")
@@ -92,6 +93,10 @@ class Config:
     distill_compile: str = _f("off", "distill", "torch.compile the students' training steps: off, causal "
                               "(decoder and causal cross students: 1.4-1.9x faster at L on 2 CPU cores, after 2-35 s "
                               "of compiling, see the README) or all; a speed setting, outside the key")
+    distill_precision: str = _f("fp32", "distill", "arithmetic of the students' training steps: fp32, tf32 (on a "
+                                "GPU) or bf16 (bfloat16 autocast, on the CPU too: epochs 1.15-1.9x faster on 2 cores "
+                                "with AVX512-BF16, far slower on a CPU without it; see the README). Held-out MSE "
+                                "and BLEU are always computed in fp32")
     lr_alr: float = _f(1e-3, "distill", "constant learning rate of ALR students (paper: 1e-4 over far more steps)")
     lr_other: float = _f(1e-3, "distill", "constant learning rate of ALRR, ASLR, ELR (paper)")
     # fine-tune (beyond the paper; its own key, so the teacher and the students never depend on it)
@@ -106,6 +111,7 @@ class Config:
         check_choice("distill_source", self.distill_source, DISTILL_SOURCES)
         check_choice("precision", self.precision, PRECISIONS)
         check_choice("distill_compile", self.distill_compile, COMPILES)
+        check_choice("distill_precision", self.distill_precision, PRECISIONS)
         for f in fields(self):
             value, kind = getattr(self, f.name), type(f.default)
             if kind in (int, float) and (isinstance(value, bool) or not isinstance(value, (int, float))):
@@ -143,13 +149,15 @@ class Config:
     def distill_key(self) -> str:
         """Stable hash of the distillation settings (combined with the teacher's folder).
 
-        `distill_source` counts only when it is not "recorded", so the keys of the runs made
-        before it existed stay valid; `distill_compile` never counts: compiled and eager steps
+        `distill_source` and `distill_precision` count only when they are not "recorded" and
+        "fp32", so the keys of the runs made before they existed stay valid; `distill_compile` never counts: compiled and eager steps
         compute the same students, up to the order of floating-point sums (as thread counts do)."""
         settings = self.group("distill")
         del settings["distill_compile"]
         if settings["distill_source"] == "recorded":
             del settings["distill_source"]
+        if settings["distill_precision"] == "fp32":
+            del settings["distill_precision"]
         return _hash({"v": ARTIFACT_VERSION, "students": STUDENT_VERSION, **settings})
 
     def finetune_key(self) -> str:
@@ -183,6 +191,8 @@ PRESET_VALUES = {
     "tiny": dict(),
     # The CPU edition of the book; the README has its measured times and scores on 2 cores. Its
     # causal students' steps are compiled: 1.4x (decoder) and 1.9x (causal cross) faster at L.
+    # Its students stay fp32: bf16 steps ran only 1.24-1.34x faster at L here (1.9x at ELR-M),
+    # and about 2x slower on a CPU without native bfloat16 (README).
     "small": dict(vocab_size=5000, d_model=128, n_heads=8, d_ff=512, n_enc=3, n_dec=3,
                   dropout=0.1, epochs=12, warmup=800, lr_factor=1.0, valid_bleu_sentences=300, distill_epochs=12,
                   distill_compile="causal"),
@@ -190,7 +200,7 @@ PRESET_VALUES = {
     "paper": dict(corpus="iwslt2017", vocab_size=16000, d_model=128, n_heads=8, d_ff=512,
                   n_enc=6, n_dec=6, dropout=0.1, epochs=20, warmup=4000, lr_factor=1.0, distill_epochs=40,
                   distill_batch=2000, lr_alr=1e-4, valid_bleu_sentences=888, distill_source="on_the_fly",
-                  precision="bf16"),
+                  precision="bf16", distill_precision="bf16"),
 }
 
 

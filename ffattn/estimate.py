@@ -124,7 +124,8 @@ def _sync(device: torch.device) -> None:
 
 def matmul_gflops(device=None, sizes=None, repeats: int = 5, dtype=torch.float32) -> float:
     """Best GFLOP/s of a square matmul C = A @ B on `device` (default: where training runs), as
-    benchmarks/bench_distill.py measures it: fp32, the dtype every model here trains in."""
+    benchmarks/bench_distill.py measures it: fp32 by default, the dtype of the teacher and, unless
+    `distill_precision` says bf16, of the students."""
     from .train import default_device
     device = torch.device(device) if device is not None else default_device()
     gpu = device.type == "cuda"
@@ -168,9 +169,9 @@ def measure_efficiency(cfg, rate: float, tokens: float, device=None, size: str =
     inputs: a teacher training step on a token batch of `tokens`-long sentences; encoding and
     greedy decoding 64 of them; a training step (with Adam) of an encoder ALR student and of a
     decoder (causal) student at `size`, on the preset's distillation batch (at most 256
-    sentences on a CPU), the causal one at MAX_LEN tokens. Returns {kind: ratio, "details": ...}."""
+    sentences on a CPU), the causal one at MAX_LEN tokens, in `distill_precision`. Returns {kind: ratio, "details": ...}."""
     from .distill import Student, _adam, masked_mse, new_student
-    from .train import batch_loss, default_device
+    from .train import autocast, batch_loss, default_device
     device = torch.device(device) if device is not None else default_device()
     L = max(1, round(tokens))
     g = torch.Generator().manual_seed(0)
@@ -210,8 +211,9 @@ def measure_efficiency(cfg, rate: float, tokens: float, device=None, size: str =
         target = torch.randn(Bs, T, cfg.d_model, generator=g).to(device)
 
         def student_step():
-            pred = student.distill_forward(x, pad)
-            loss = masked_mse(pred, target, pad)
+            with autocast(cfg.distill_precision, device, cpu_bf16=True):
+                pred = student.distill_forward(x, pad)
+                loss = masked_mse(pred.float(), target, pad)
             sopt.zero_grad(set_to_none=True)
             loss.backward()
             sopt.step()

@@ -152,3 +152,43 @@ def test_every_student_of_a_grid_runs_compiled():
     finally:
         logging.getLogger("torch._dynamo").removeHandler(handler)
     assert not [m for m in logged if "recompile_limit" in m], logged
+
+
+def test_bf16_students_are_keyed_compute_in_bfloat16_and_learn_as_fp32_ones(general_teacher, tmp_path, monkeypatch):
+    """`distill_precision` bf16 runs the students' steps under bfloat16 autocast on the CPU (the
+    teacher stays fp32 there); it is part of the key (fp32 keeps the old keys), a student
+    trained in bf16 reaches the held-out MSE of the same student trained in fp32, and a CPU
+    without native bfloat16 gets a warning (there bf16 is slower)."""
+    from ffattn import distill
+    from ffattn.config import get_config
+    from ffattn.distill import train_students
+    from ffattn.train import autocast
+    tiny = get_config("tiny")
+    assert get_config("tiny", distill_precision="fp32").distill_key() == tiny.distill_key()
+    assert get_config("tiny", distill_precision="bf16").distill_key() != tiny.distill_key()
+    assert get_config("paper").distill_precision == "bf16"
+    with pytest.raises(ValueError, match="distill_precision.*fp32, tf32, bf16"):
+        get_config("tiny", distill_precision="fp16")
+    lin, x = torch.nn.Linear(4, 4), torch.randn(2, 4)
+    with autocast("bf16", torch.device("cpu"), cpu_bf16=True):
+        assert lin(x).dtype == torch.bfloat16
+    with autocast("bf16", torch.device("cpu")):  # the teacher's steps
+        assert lin(x).dtype == torch.float32
+
+    t = general_teacher
+    rec_train, rec_valid = experiments.recordings(t, progress=False)
+    s = Student("encoder", 0, "ALR", "S")
+    got = {}
+    for prec in ("fp32", "bf16"):
+        cfg = t.cfg.replace(distill_precision=prec, distill_epochs=2, distill_patience=0)
+        monkeypatch.setattr(distill, "cpu_has_bf16", lambda: False)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            history = train_students(t.model, [s], rec_train, rec_valid, cfg, tmp_path / prec, progress=False)[s]
+        slow = [w for w in caught if "without native bfloat16" in str(w.message)]
+        assert len(slow) == (prec == "bf16"), [str(w.message) for w in caught]
+        got[prec] = history[-1]["heldout_mse"]
+    floor = heldout_mse(new_student(t.model, s, t.cfg.max_len, t.cfg.seed), rec_valid, s.source)
+    assert got["bf16"] != got["fp32"]  # the arithmetic did change ...
+    assert got["bf16"] == pytest.approx(got["fp32"], rel=0.1)  # ... and not what the student learned
+    assert got["bf16"] < 0.5 * floor
