@@ -84,8 +84,12 @@ def main(argv=None):
     cfg = get_config(args.preset, pair=args.pair)
     cfg = cfg.replace(distill_epochs=1, distill_patience=0, **({"distill_batch": args.batch} if args.batch else {}),
                       **({"distill_compile": args.compile} if args.compile else {}))
-    precisions = args.precision or [cfg.distill_precision]
-    students = [s for s in STUDENTS if not args.students or _label(s) in args.students.split(",")]
+    precisions = list(dict.fromkeys(args.precision or [cfg.distill_precision]))  # at most fp32, bf16
+    wanted = [n.strip() for n in args.students.split(",")] if args.students else [_label(s) for s in STUDENTS]
+    unknown = sorted(set(wanted) - {_label(s) for s in STUDENTS})
+    if unknown:
+        p.error(f"unknown students {unknown}; choose among: {', '.join(_label(s) for s in STUDENTS)}")
+    students = [s for s in STUDENTS if _label(s) in wanted]
     t = experiments.teacher(cfg, progress=False)
     rec_train, rec_valid = experiments.recordings(t, progress=False)
     peak = {"fp32": matmul_gflops("cpu", sizes=(2048, 4096))}

@@ -192,7 +192,7 @@ PRESET_VALUES = {
     # The CPU edition of the book; the README has its measured times and scores on 2 cores. Its
     # causal students' steps are compiled: 1.4x (decoder) and 1.9x (causal cross) faster at L.
     # Its students stay fp32: bf16 steps ran only 1.24-1.34x faster at L here (1.9x at ELR-M),
-    # and about 2x slower on a CPU without native bfloat16 (README).
+    # and far slower on a CPU without native bfloat16 (2.6x with AVX-512, 200x with AVX2; README).
     "small": dict(vocab_size=5000, d_model=128, n_heads=8, d_ff=512, n_enc=3, n_dec=3,
                   dropout=0.1, epochs=12, warmup=800, lr_factor=1.0, valid_bleu_sentences=300, distill_epochs=12,
                   distill_compile="causal"),

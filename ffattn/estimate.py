@@ -169,9 +169,10 @@ def measure_efficiency(cfg, rate: float, tokens: float, device=None, size: str =
     inputs: a teacher training step on a token batch of `tokens`-long sentences; encoding and
     greedy decoding 64 of them; a training step (with Adam) of an encoder ALR student and of a
     decoder (causal) student at `size`, on the preset's distillation batch (at most 256
-    sentences on a CPU), the causal one at MAX_LEN tokens, in `distill_precision`. Returns {kind: ratio, "details": ...}."""
+    sentences on a CPU), the causal one at MAX_LEN tokens, in `distill_precision` (bf16 on a CPU
+    only where it has native bfloat16: elsewhere that would take minutes, and a run would warn). Returns {kind: ratio, "details": ...}."""
     from .distill import Student, _adam, masked_mse, new_student
-    from .train import autocast, batch_loss, default_device
+    from .train import autocast, batch_loss, cpu_has_bf16, default_device
     device = torch.device(device) if device is not None else default_device()
     L = max(1, round(tokens))
     g = torch.Generator().manual_seed(0)
@@ -211,7 +212,7 @@ def measure_efficiency(cfg, rate: float, tokens: float, device=None, size: str =
         target = torch.randn(Bs, T, cfg.d_model, generator=g).to(device)
 
         def student_step():
-            with autocast(cfg.distill_precision, device, cpu_bf16=True):
+            with autocast(cfg.distill_precision, device, cpu_bf16=cpu_has_bf16()):
                 pred = student.distill_forward(x, pad)
                 loss = masked_mse(pred.float(), target, pad)
             sopt.zero_grad(set_to_none=True)

@@ -41,8 +41,8 @@ def autocast(precision: str, device: torch.device, cpu_bf16: bool = False):
     native bfloat16 (AVX512-BF16, AMX) runs faster. The TF32 switches are torch's globals: set
     for the block only, then put back."""
     if device.type != "cuda" or precision == "fp32":
-        with torch.autocast("cpu", dtype=torch.bfloat16,
-                            enabled=cpu_bf16 and precision == "bf16" and device.type == "cpu"):
+        on_cpu = cpu_bf16 and precision == "bf16" and device.type == "cpu"
+        with torch.autocast("cpu", dtype=torch.bfloat16) if on_cpu else contextlib.nullcontext():
             yield
         return
     saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32

@@ -174,6 +174,7 @@ def test_bf16_students_are_keyed_compute_in_bfloat16_and_learn_as_fp32_ones(gene
         assert lin(x).dtype == torch.bfloat16
     with autocast("bf16", torch.device("cpu")):  # the teacher's steps
         assert lin(x).dtype == torch.float32
+    assert isinstance(distill.cpu_has_bf16(), bool)
 
     t = general_teacher
     rec_train, rec_valid = experiments.recordings(t, progress=False)
