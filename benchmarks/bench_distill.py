@@ -75,8 +75,10 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--precision", nargs="+", default=None, choices=("fp32", "bf16"),
                    help="distill_precision of the students' steps, one or both, side by side (default: the preset's)")
-    p.add_argument("--compile", default=None, choices=("off", "causal", "all"), help="distill_compile (default: the preset's)")
-    p.add_argument("--students", default=None, help="comma-separated names as printed, e.g. 'encoder ALR-L,decoder ALR-L'")
+    p.add_argument("--compile", default=None, choices=("off", "causal", "all"),
+                   help="distill_compile (default: the preset's)")
+    p.add_argument("--students", default=None,
+                   help="comma-separated names as printed, e.g. 'encoder ALR-L,decoder ALR-L'")
     p.add_argument("--out", default=None, help="write the figures as JSON here")
     args = p.parse_args(argv)
     if args.threads:

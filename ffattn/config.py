@@ -150,8 +150,9 @@ class Config:
         """Stable hash of the distillation settings (combined with the teacher's folder).
 
         `distill_source` and `distill_precision` count only when they are not "recorded" and
-        "fp32", so the keys of the runs made before they existed stay valid; `distill_compile` never counts: compiled and eager steps
-        compute the same students, up to the order of floating-point sums (as thread counts do)."""
+        "fp32", so the keys of the runs made before they existed stay valid; `distill_compile`
+        never counts: compiled and eager steps compute the same students, up to the order of
+        floating-point sums (as thread counts do)."""
         settings = self.group("distill")
         del settings["distill_compile"]
         if settings["distill_source"] == "recorded":

@@ -376,9 +376,9 @@ def train_students(teacher, students: list[Student], rec_train: Recording, rec_v
     folder = Path(folder)
     rec_train.device = rec_valid.device = device = next(teacher.parameters()).device
     if cfg.distill_precision == "bf16" and device.type == "cpu" and not cpu_has_bf16():
-        warnings.warn("distill_precision='bf16' on a CPU without native bfloat16 (AVX512-BF16 or AMX): its students' "
-                      "steps run slower than in fp32 (a bf16 matmul measured 2.6x slower with AVX-512, 200x with AVX2 alone); "
-                      "distill_precision='fp32' is the faster choice here")
+        warnings.warn("distill_precision='bf16' on a CPU without native bfloat16 (AVX512-BF16 or AMX): its "
+                      "students' steps run slower than in fp32 (a bf16 matmul measured 2.6x slower with AVX-512, "
+                      "200x with AVX2 alone); distill_precision='fp32' is the faster choice here")
     out = {}
     groups: dict = {}
     for s in students:

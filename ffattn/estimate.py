@@ -170,7 +170,8 @@ def measure_efficiency(cfg, rate: float, tokens: float, device=None, size: str =
     greedy decoding 64 of them; a training step (with Adam) of an encoder ALR student and of a
     decoder (causal) student at `size`, on the preset's distillation batch (at most 256
     sentences on a CPU), the causal one at MAX_LEN tokens, in `distill_precision` (bf16 on a CPU
-    only where it has native bfloat16: elsewhere that would take minutes, and a run would warn). Returns {kind: ratio, "details": ...}."""
+    only where it has native bfloat16: elsewhere that would take minutes, and a run would warn).
+    Returns {kind: ratio, "details": ...}."""
     from .distill import Student, _adam, masked_mse, new_student
     from .train import autocast, batch_loss, cpu_has_bf16, default_device
     device = torch.device(device) if device is not None else default_device()

@@ -60,7 +60,8 @@ def cpu_has_bf16() -> bool:
     instructions, a square bf16 matmul (n = 1024) ran at 73 GFLOP/s against fp32's 189 (AVX-512
     without BF16, `ONEDNN_MAX_CPU_ISA=AVX512_CORE_VNNI`) and at 0.9 against 191 (AVX2), so
     there `distill_precision="bf16"` is slower, not faster."""
-    return any(getattr(torch.cpu, f, lambda: False)() for f in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, f, lambda: False)() for f in checks)
 
 
 def lr_at(step: int, d_model: int, warmup: int, factor: float) -> float:
