@@ -3,9 +3,11 @@
 # make test: unit tests, then every chapter under nbval at tiny, at the CI budget below
 # OVERRIDES: settings on top of the preset, as JSON (e.g. OVERRIDES='{"distill_epochs": 3}');
 # STUDY: the budget study's numbers of training sentences (e.g. STUDY=1000,0; default: the chapter's)
+# BATCHES: its other batch sizes and learning-rate factors (e.g. BATCHES=512x2; none: skip; default: the chapter's)
 PRESET ?= tiny
 OVERRIDES ?=
 STUDY ?=
+BATCHES ?=
 # CI cannot afford the converged tiny grid (about an hour on 2 cores, see the README): make test
 # runs every chapter on a starved budget that exercises the same code, 3000 sentences and at
 # most 2 epochs per student, a two-point budget study, and a fine-tune of one epoch on 3000
@@ -35,7 +37,7 @@ teacher: venv
 book: venv
 	@start=$$(date +%s); \
 	FFATTN_PRESET=$(PRESET) FFATTN_OVERRIDES='$(OVERRIDES)' FFATTN_STUDY_SENTENCES='$(STUDY)' \
-	  $(VENV)/bin/jupyter-book build --all . || exit 1; \
+	  FFATTN_STUDY_BATCHES='$(BATCHES)' $(VENV)/bin/jupyter-book build --all . || exit 1; \
 	echo "book built at preset $(PRESET) in $$(( $$(date +%s) - start )) s: $(CURDIR)/_build/html/index.html"
 
 unit: venv

@@ -14,9 +14,11 @@ both cross-attention forms at L, on the cached teacher of a preset:
   before and after the students in the same process; with `--precision bf16` (the students'
   steps under bfloat16 autocast, `distill_precision`) a square bf16 matmul too, so each ratio
   is given against both rates: the issue's target is the fp32 one. `--precision fp32 bf16`
-  runs each student's epoch in both, one after the other, and prints the speed ratio.
+  runs each student's epoch in both, one after the other, and prints the speed ratio; so does
+  `--batch 128 512` for batch sizes (an epoch at a larger batch is fewer, taller steps: the same
+  sentences, but not the same training; chapter 8 measures what it does to the students).
 
-    python benchmarks/bench_distill.py --preset tiny [--batch 512] [--precision fp32 bf16]
+    python benchmarks/bench_distill.py --preset tiny [--batch 128 512] [--precision fp32 bf16]
         [--compile causal] [--students 'encoder ALR-L,decoder ALR-L'] [--out bench_distill.json]
 """
 from __future__ import annotations
@@ -71,7 +73,8 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--preset", default="tiny")
     p.add_argument("--pair", default="de-en")
-    p.add_argument("--batch", type=int, default=None, help="sentences per batch (default: the preset's)")
+    p.add_argument("--batch", type=int, nargs="+", default=None,
+                   help="sentences per batch, one or more, side by side (default: the preset's)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--precision", nargs="+", default=None, choices=("fp32", "bf16"),
                    help="distill_precision of the students' steps, one or both, side by side (default: the preset's)")
@@ -84,9 +87,12 @@ def main(argv=None):
     if args.threads:
         torch.set_num_threads(args.threads)
     cfg = get_config(args.preset, pair=args.pair)
-    cfg = cfg.replace(distill_epochs=1, distill_patience=0, **({"distill_batch": args.batch} if args.batch else {}),
-                      **({"distill_compile": args.compile} if args.compile else {}))
+    cfg = cfg.replace(distill_epochs=1, distill_patience=0, **({"distill_compile": args.compile} if args.compile else {}))
     precisions = list(dict.fromkeys(args.precision or [cfg.distill_precision]))  # at most fp32, bf16
+    batches = list(dict.fromkeys(args.batch or [cfg.distill_batch]))
+    if min(batches) <= 0:
+        p.error(f"--batch {min(batches)}: a batch holds at least one sentence")
+    settings = [(prec, b) for b in batches for prec in precisions]  # each student runs them one after the other
     wanted = [n.strip() for n in args.students.split(",")] if args.students else [_label(s) for s in STUDENTS]
     unknown = sorted(set(wanted) - {_label(s) for s in STUDENTS})
     if unknown:
@@ -97,19 +103,21 @@ def main(argv=None):
     peak = {"fp32": matmul_gflops("cpu", sizes=(2048, 4096))}
     if "bf16" in precisions:
         peak["bf16"] = matmul_gflops("cpu", sizes=(2048, 4096), dtype=torch.bfloat16)
-    print(f"{args.preset}: {len(rec_train):,} sentences an epoch, batch {cfg.distill_batch}, "
+    print(f"{args.preset}: {len(rec_train):,} sentences an epoch, batch {', '.join(map(str, batches))}, "
           f"{torch.get_num_threads()} threads, compile {cfg.distill_compile}; square matmul "
           + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in peak.items()))
     rows = []
     for s in students:
-        flops = epoch_flops(t, s, rec_train, cfg.distill_batch)
-        for prec in precisions:
+        counted = {b: epoch_flops(t, s, rec_train, b) for b in batches}
+        for prec, batch in settings:
+            flops = counted[batch]
             with tempfile.TemporaryDirectory() as tmp:
                 t0 = time.perf_counter()
-                hist = train_students(t.model, [s], rec_train, rec_valid, cfg.replace(distill_precision=prec), tmp,
+                hist = train_students(t.model, [s], rec_train, rec_valid,
+                                      cfg.replace(distill_precision=prec, distill_batch=batch), tmp,
                                       progress=False)[s][0]
                 wall = time.perf_counter() - t0
-            row = {"student": _label(s), "precision": prec, "tflop": flops / 1e12, "epoch_s": wall,
+            row = {"student": _label(s), "precision": prec, "batch": batch, "tflop": flops / 1e12, "epoch_s": wall,
                    "steps_s": hist["seconds"], "loading_s": hist["loading_seconds"],
                    "heldout_s": hist["heldout_seconds"], "heldout_mse": hist["heldout_mse"],
                    "gflops_epoch": flops / wall / 1e9, "gflops_steps": flops / hist["seconds"] / 1e9}
@@ -117,22 +125,23 @@ def main(argv=None):
             if prec == "bf16":
                 row["ratio_epoch_bf16"] = row["gflops_epoch"] / peak["bf16"]
             rows.append(row)
-            print(f"  {row['student']:22s} {prec} {row['tflop']:7.2f} TFLOP  epoch {wall:6.1f} s "
+            print(f"  {row['student']:22s} {prec} b{batch:<4d} {row['tflop']:7.2f} TFLOP  epoch {wall:6.1f} s "
                   f"(steps {hist['seconds']:6.1f}, loading {hist['loading_seconds']:4.1f}, "
                   f"held-out {hist['heldout_seconds']:4.1f}; MSE {hist['heldout_mse']:.4g})"
                   f"  {row['gflops_epoch']:5.0f} GFLOP/s = {row['ratio_epoch']:4.0%} of the fp32 matmul rate"
                   + (f", {row['ratio_epoch_bf16']:4.0%} of the bf16 one" if prec == "bf16" else ""), flush=True)
-        if len(precisions) > 1:
-            a, b = (r["epoch_s"] for r in rows[-2:])
-            print(f"  {'':22s} {precisions[1]} against {precisions[0]}: {a / b:.2f}x the speed")
+        first = rows[-len(settings)]
+        for r in rows[len(rows) - len(settings) + 1:]:
+            print(f"  {'':22s} {r['precision']} b{r['batch']} against {first['precision']} b{first['batch']}: "
+                  f"{first['epoch_s'] / r['epoch_s']:.2f}x the speed")
     after = matmul_gflops("cpu", sizes=(2048, 4096))
     best = max(peak["fp32"], after)
     print(f"fp32 square matmul after the students: {after:.0f} GFLOP/s (before: {peak['fp32']:.0f}); "
           f"against the better of the two, {best:.0f} GFLOP/s:")
     for row in rows:
         row["ratio_epoch_best"] = row["gflops_epoch"] / best
-        print(f"  {row['student']:22s} {row['precision']} {row['ratio_epoch_best']:4.0%}")
-    result = {"preset": args.preset, "batch": cfg.distill_batch, "sentences": len(rec_train),
+        print(f"  {row['student']:22s} {row['precision']} b{row['batch']:<4d} {row['ratio_epoch_best']:4.0%}")
+    result = {"preset": args.preset, "batches": batches, "sentences": len(rec_train),
               "compile": cfg.distill_compile, "threads": torch.get_num_threads(),
               "cpu": platform.processor() or platform.machine(), "torch": torch.__version__,
               "matmul_gflops": peak["fp32"], "matmul_gflops_bf16": peak.get("bf16"), "matmul_gflops_after": after,

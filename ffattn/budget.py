@@ -102,3 +102,94 @@ def plot(points: pd.DataFrame, curves: pd.DataFrame, teacher_bleu: float, axes=N
         ax.xaxis.set_minor_formatter(NullFormatter())
     axes[0].legend(fontsize=7, ncol=2)
     return axes
+
+
+# ----------------------------------------------------------------------------- batch size
+
+# A larger batch takes a quarter of the optimiser steps per epoch, and an encoder student's
+# epoch gets shorter (fewer Adam updates over its weights). A causal student's epoch gets longer:
+# its work is memory-bound elementwise passes over (batch, tokens, hidden) that grow with the
+# batch and with the longest sentence each batch is padded to (benchmarks/bench_distill.py
+# --batch 128 512 measures both). Each setting is (sentences per batch, factor on both learning
+# rates).
+BATCHES = ((512, 1.0), (512, 2.0))
+BATCH_CELLS = (("encoder", "ALR", "L"), ("encoder", "ALRR", "L"), ("encoder", "ELR", "M"), ("decoder", "ALR", "L"))
+
+
+def parse_batches(text: str) -> list[tuple[int, float]]:
+    """'512x1,512x2' -> [(512, 1.0), (512, 2.0)]: batch sizes, each with a learning-rate factor
+    ('none' or '': no other batch size)."""
+    settings = []
+    if str(text).strip().lower() == "none":
+        return settings
+    for part in (p.strip() for p in str(text).split(",")):
+        if not part:
+            continue
+        try:
+            batch, factor = part.split("x") if "x" in part else (part, "1")
+            setting = (int(batch), float(factor))
+        except ValueError:
+            setting = None
+        if setting is None or setting[0] <= 0 or not 0 < setting[1] < float("inf"):
+            raise ValueError(f"batch setting {part!r}: write BATCHxFACTOR with a positive whole batch and a "
+                             f"positive learning-rate factor, e.g. 512x2 (or 512 for a factor of 1)")
+        settings.append(setting)
+    return settings
+
+
+def batch_config(cfg, batch: int, lr_factor: float = 1.0):
+    """`cfg` with `batch` sentences a distillation step and both learning rates times `lr_factor`
+    (both are in the students' key, so each setting has its own place in the cache)."""
+    return cfg.replace(distill_batch=batch, lr_alr=cfg.lr_alr * lr_factor, lr_other=cfg.lr_other * lr_factor)
+
+
+def with_batch(t: experiments.Teacher, batch: int, lr_factor: float = 1.0) -> experiments.Teacher:
+    """The same teacher, its students distilled at another batch size and learning rate."""
+    return experiments.Teacher(batch_config(t.cfg, batch, lr_factor), t.model, t.data, t.run_dir, t.history)
+
+
+def batch_study(t: experiments.Teacher, settings=BATCHES, cells=BATCH_CELLS, progress: bool = True):
+    """The grid's own cells (the config's batch, factor 1) against the same cells at other batch
+    sizes and learning rates, all under the config's sentences and stopping rule.
+
+    Returns (points, curves): one row per (cell, setting) with BLEU, held-out MSE, epochs, steps
+    and seconds of training steps (summed over the cell's layers); one row per (cell, setting,
+    epoch) with the held-out MSE (mean over layers) and the seconds spent so far."""
+    wanted = set(cells)
+    points, curves = [], []
+    for batch, factor in [(t.cfg.distill_batch, 1.0), *[s for s in settings if s != (t.cfg.distill_batch, 1.0)]]:
+        tb = with_batch(t, batch, factor)
+        chosen = [c for c in experiments.grid(tb.cfg) if c.trained and (c.group, c.scheme, c.size) in wanted]
+        df = experiments.run_grid(tb, chosen, progress=progress)
+        histories = df.attrs["histories"]
+        setting = f"batch {batch}, lr x{factor:g}"
+        for c in chosen:
+            row = df[(df.group == c.group) & (df.scheme == c.scheme) & (df["size"] == c.size) & df.trained].iloc[0]
+            points.append({"cell": cell_label(c.group, c.scheme, c.size), "setting": setting, "batch": batch,
+                           "lr_factor": factor, "bleu": row.bleu, "bleu_rel": row.bleu_rel,
+                           "heldout_mse": row.heldout_mse, "epochs": row.epochs, "steps": row.steps,
+                           "distill_seconds": row.distill_seconds,
+                           "students_at_cap": row.students_at_cap, "students": row.students})
+            hs = [histories[s] for s in c.students]
+            for e in range(max(len(h) for h in hs)):
+                curves.append({"cell": points[-1]["cell"], "setting": setting, "epoch": e + 1,
+                               "seconds": float(sum(sum(x["seconds"] for x in h[:e + 1]) for h in hs)),
+                               "heldout_mse": float(np.mean([h[min(e, len(h) - 1)]["heldout_mse"] for h in hs]))})
+    return pd.DataFrame(points), pd.DataFrame(curves)
+
+
+def plot_batches(curves: pd.DataFrame, axes=None):
+    """One panel per cell: held-out MSE (mean over its layers) against seconds of training steps,
+    one line per batch setting, a dot per epoch."""
+    import matplotlib.pyplot as plt
+
+    cells = list(dict.fromkeys(curves.cell))
+    if axes is None:
+        axes = plt.subplots(1, len(cells), figsize=(3.6 * len(cells), 3.4), layout="constrained")[1]
+    for ax, cell in zip(np.atleast_1d(axes), cells):
+        for k, (setting, c) in enumerate(curves[curves.cell == cell].groupby("setting", sort=False)):
+            ax.plot(c.seconds, c.heldout_mse, "o-", ms=3, color=f"C{k}", label=setting)
+        ax.set(yscale="log", xlabel="seconds of training steps", title=cell)
+    np.atleast_1d(axes)[0].set_ylabel("held-out MSE (log scale)")
+    np.atleast_1d(axes)[0].legend(fontsize=7)
+    return axes

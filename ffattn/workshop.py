@@ -150,7 +150,7 @@ _SKIP = (".lock", ".part")
 def _bundle_files(cfg, study: bool = True) -> list[Path]:
     """The finished artifacts of `cfg`'s run folder the chapters read: config, tokenizers,
     teacher, scores, and for the grid (and, with `study`, the budget study's points) the
-    finished students (weights only), their scores and benchmark, and the finished fine-tune
+    finished students (weights only, the batch-size points too), their scores and benchmark, and the finished fine-tune
     of chapter 7; never recordings, locks or unfinished students."""
     from . import budget
     from .files import load_checkpoint
@@ -164,6 +164,7 @@ def _bundle_files(cfg, study: bool = True) -> list[Path]:
     keys = {cfg.distill_key()}
     if study:
         keys |= {cfg.replace(distill_sentences=n).distill_key() for n in budget.SENTENCES}
+        keys |= {budget.batch_config(cfg, b, f).distill_key() for b, f in budget.BATCHES}
     for key in sorted(keys):
         folder = run / f"distill-{key}"
         files += [p for p in (folder / "results.csv", folder / "bench.json") if p.exists()]

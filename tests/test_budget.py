@@ -169,3 +169,25 @@ def test_an_interrupted_student_resumes_to_the_same_weights(general_teacher, mon
     assert runs["straight"][1] == runs["interrupted"][1]
     for k, v in runs["straight"][0].items():
         assert torch.equal(v, runs["interrupted"][0][k]), k
+
+
+# ----------------------------------------------------------------------------- batch sizes (chapter 8)
+
+def test_batch_settings_parse_and_bad_ones_are_named():
+    from ffattn import budget as study
+    assert study.parse_batches("512x2, 256") == [(512, 2.0), (256, 1.0)]
+    assert study.parse_batches("") == study.parse_batches("none") == []
+    for bad in ("512x", "x2", "0x1", "512x-1", "512xnan", "big", "512x2x3"):
+        with pytest.raises(ValueError, match=f"batch setting '{bad}'.*e.g. 512x2"):
+            study.parse_batches(f"128,{bad}")
+
+
+def test_a_batch_setting_scales_both_rates_and_keys_its_students_apart_from_the_grids():
+    from ffattn import budget as study
+    from ffattn.config import get_config
+    cfg = get_config("tiny")
+    b = study.batch_config(cfg, 512, 2.0)
+    assert (b.distill_batch, b.lr_alr, b.lr_other) == (512, 2 * cfg.lr_alr, 2 * cfg.lr_other)
+    assert b.teacher_key() == cfg.teacher_key()  # the same teacher and recording
+    assert b.distill_key() != cfg.distill_key() != study.batch_config(cfg, 512, 1.0).distill_key()
+    assert study.batch_config(cfg, cfg.distill_batch, 1.0).distill_key() == cfg.distill_key()  # the grid's own
