@@ -122,7 +122,7 @@ def parse_batches(text: str) -> list[tuple[int, float]]:
     settings = []
     if str(text).strip().lower() == "none":
         return settings
-    for part in (p.strip() for p in str(text).split(",")):
+    for part in (p.strip().lower() for p in str(text).split(",")):
         if not part:
             continue
         try:
@@ -132,9 +132,10 @@ def parse_batches(text: str) -> list[tuple[int, float]]:
             setting = None
         if setting is None or setting[0] <= 0 or not 0 < setting[1] < float("inf"):
             raise ValueError(f"batch setting {part!r}: write BATCHxFACTOR with a positive whole batch and a "
-                             f"positive learning-rate factor, e.g. 512x2 (or 512 for a factor of 1)")
+                             f"positive learning-rate factor, e.g. 512x2 (or 512 for a factor of 1), "
+                             f"settings separated by commas, or none for no other batch size")
         settings.append(setting)
-    return settings
+    return list(dict.fromkeys(settings))  # a setting asked for twice runs once
 
 
 def batch_config(cfg, batch: int, lr_factor: float = 1.0):
@@ -154,10 +155,17 @@ def batch_study(t: experiments.Teacher, settings=BATCHES, cells=BATCH_CELLS, pro
 
     Returns (points, curves): one row per (cell, setting) with BLEU, held-out MSE, epochs, steps
     and seconds of training steps (summed over the cell's layers); one row per (cell, setting,
-    epoch) with the held-out MSE (mean over layers) and the seconds spent so far."""
+    epoch) with the held-out MSE (mean over layers; a layer whose student stopped earlier counts
+    with the epoch it kept) and the seconds spent so far."""
     wanted = set(cells)
+    known = {(c.group, c.scheme, c.size) for c in experiments.grid(t.cfg) if c.trained}
+    unknown = sorted(wanted - known)
+    if unknown or not wanted:
+        raise ValueError(f"batch_study: cells {unknown or 'none'} are not trained cells of the {t.cfg.preset} grid; "
+                         f"valid: {sorted(known)}")
     points, curves = [], []
-    for batch, factor in [(t.cfg.distill_batch, 1.0), *[s for s in settings if s != (t.cfg.distill_batch, 1.0)]]:
+    grids = (t.cfg.distill_batch, 1.0)
+    for batch, factor in dict.fromkeys([grids, *settings]):
         tb = with_batch(t, batch, factor)
         chosen = [c for c in experiments.grid(tb.cfg) if c.trained and (c.group, c.scheme, c.size) in wanted]
         df = experiments.run_grid(tb, chosen, progress=progress)
@@ -172,9 +180,10 @@ def batch_study(t: experiments.Teacher, settings=BATCHES, cells=BATCH_CELLS, pro
                            "students_at_cap": row.students_at_cap, "students": row.students})
             hs = [histories[s] for s in c.students]
             for e in range(max(len(h) for h in hs)):
+                mses = [h[e if e < len(h) else kept_epoch(h, tb.cfg.distill_patience) - 1]["heldout_mse"] for h in hs]
                 curves.append({"cell": points[-1]["cell"], "setting": setting, "epoch": e + 1,
                                "seconds": float(sum(sum(x["seconds"] for x in h[:e + 1]) for h in hs)),
-                               "heldout_mse": float(np.mean([h[min(e, len(h) - 1)]["heldout_mse"] for h in hs]))})
+                               "heldout_mse": float(np.mean(mses))})
     return pd.DataFrame(points), pd.DataFrame(curves)
 
 

@@ -176,6 +176,7 @@ def test_an_interrupted_student_resumes_to_the_same_weights(general_teacher, mon
 def test_batch_settings_parse_and_bad_ones_are_named():
     from ffattn import budget as study
     assert study.parse_batches("512x2, 256") == [(512, 2.0), (256, 1.0)]
+    assert study.parse_batches("512X2,512x2,512") == [(512, 2.0), (512, 1.0)]  # asked twice: once
     assert study.parse_batches("") == study.parse_batches("none") == []
     for bad in ("512x", "x2", "0x1", "512x-1", "512xnan", "big", "512x2x3"):
         with pytest.raises(ValueError, match=f"batch setting '{bad}'.*e.g. 512x2"):
@@ -191,3 +192,14 @@ def test_a_batch_setting_scales_both_rates_and_keys_its_students_apart_from_the_
     assert b.teacher_key() == cfg.teacher_key()  # the same teacher and recording
     assert b.distill_key() != cfg.distill_key() != study.batch_config(cfg, 512, 1.0).distill_key()
     assert study.batch_config(cfg, cfg.distill_batch, 1.0).distill_key() == cfg.distill_key()  # the grid's own
+
+
+def test_a_batch_study_of_unknown_or_no_cells_is_refused_before_training_anything():
+    import types
+    from ffattn import budget as study
+    from ffattn.config import get_config
+    t = types.SimpleNamespace(cfg=get_config("tiny"))  # no model, no data: the check comes first
+    with pytest.raises(ValueError, match=r"\('encoder', 'XLR', 'L'\).*valid: .*\('encoder', 'ALR', 'L'\)"):
+        study.batch_study(t, cells=[("encoder", "ALR", "L"), ("encoder", "XLR", "L")])
+    with pytest.raises(ValueError, match="cells none"):
+        study.batch_study(t, cells=[])
