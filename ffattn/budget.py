@@ -6,7 +6,8 @@ asked how much of that each replacement needs. Here the same cells are distilled
 grid: BLEU with the students installed, held-out MSE, and what it cost (epochs, optimiser
 steps, sentences seen, seconds). Every point goes through the grid's cache (the students'
 key holds `distill_sentences`), so the "all" points are the grid's own cells and a rerun only
-reads results back.
+reads results back. The chapter's last section (`batch_study`) distils a few cells again at
+other batch sizes and learning rates, to see whether a larger batch buys time.
 """
 from __future__ import annotations
 
