@@ -191,7 +191,8 @@ def _finetune(cfg, args):
 def _bundle_args(p):
     p.add_argument("--out", default=None, help="the archive to write (default: <runs>/ffattn-<preset>-...tar)")
     p.add_argument("--no-study", action="store_true",
-                   help="leave the budget study's students out (chapter 8 then trains its smaller points)")
+                   help="leave the budget study's students out (chapter 8 then trains its smaller points "
+                        "and its batch-size points)")
 
 
 def _bundle(cfg, args):

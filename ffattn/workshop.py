@@ -149,9 +149,9 @@ _SKIP = (".lock", ".part")
 
 def _bundle_files(cfg, study: bool = True) -> list[Path]:
     """The finished artifacts of `cfg`'s run folder the chapters read: config, tokenizers,
-    teacher, scores, and for the grid (and, with `study`, the budget study's points) the
-    finished students (weights only, the batch-size points too), their scores and benchmark, and the finished fine-tune
-    of chapter 7; never recordings, locks or unfinished students."""
+    teacher, scores, and for the grid (and, with `study`, the budget study's points and its
+    batch-size points) the finished students (weights only), their scores and benchmark, and
+    the finished fine-tune of chapter 7; never recordings, locks or unfinished students."""
     from . import budget
     from .files import load_checkpoint
     run = cfg.run_dir()
