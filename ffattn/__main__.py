@@ -6,10 +6,11 @@
     python -m ffattn finetune  --preset tiny            # beyond the paper: fine-tune the attentionless model
     echo "Ein Hund rennt." | python -m ffattn translate --preset tiny
     torchrun --nproc_per_node 4 -m ffattn reproduce --preset paper   # several GPUs (or CPU processes)
+    torchrun --nproc_per_node 2 -m ffattn study --preset small       # chapter 8's points, ahead of the book
 
 Every config field is also a flag: --d-model 128, --epochs 3, --max-len 40, ...
-Under torchrun the teacher trains data-parallel and the grid's students are shared out among
-the processes; rank 0 writes the files and prints.
+Under torchrun the teacher trains data-parallel and the students of the grid (and of the budget
+study) are shared out among the processes; rank 0 writes the files and prints.
 """
 from __future__ import annotations
 
@@ -88,9 +89,9 @@ def main(argv=None) -> int:
 
 def _run(args, cfg, extra) -> int:
     from . import distributed, experiments
-    if distributed.active() and args.command not in ("teacher", "reproduce"):
+    if distributed.active() and args.command not in ("teacher", "reproduce", "study"):
         raise ValueError(f"{args.command} runs in one process (it measures or writes files alone); "
-                         "torchrun is for teacher and reproduce")
+                         "torchrun is for teacher, reproduce and study")
     if args.command in extra:
         return extra[args.command][2](cfg, args) or 0
     t = experiments.teacher(cfg)
@@ -188,6 +189,39 @@ def _finetune(cfg, args):
           f"{cfg.finetune_epochs} epoch(s) of fine-tuning {r['bleu']:.2f}: {r['gap_closed']:.0%} of the gap closed")
 
 
+def _study_args(p):
+    from .budget import SENTENCES
+    p.add_argument("--sentences", default=",".join(map(str, SENTENCES)),
+                   help="training sentences per point, comma-separated, 0 for all (default: the chapter's, "
+                        "%(default)s)")
+    p.add_argument("--batches", default=None,
+                   help="other batch sizes, each with a factor on the learning rates, e.g. 512x1,512x2 "
+                        "(default: the chapter's; none: skip that section)")
+
+
+def _study(cfg, args):
+    """The chapter's two studies, trained (or loaded) and printed as the chapter tabulates them."""
+    from . import budget, experiments
+    from .distributed import is_main
+    from .report import to_markdown
+    sentences = budget.parse_sentences(args.sentences)  # every value checked before anything trains
+    batches = budget.parse_batches(args.batches) if args.batches is not None else list(budget.BATCHES)
+    t = experiments.teacher(cfg, progress=is_main())
+    print_ = print if is_main() else (lambda *a, **k: None)
+    print_("budget rule:", experiments.budget_line(cfg, len(t.data["train"])))
+    points, _ = budget.study(t, sentences, progress=is_main())
+    print_("\nBLEU by training sentences distilled on:\n")
+    print_(to_markdown(points.pivot_table(index="cell", columns="sentences", values="bleu", aggfunc="first",
+                                          sort=False), floatfmt=".1f"))
+    print_("\nthe fewest sentences within 1 BLEU of each cell's best:\n")
+    print_(to_markdown(budget.enough(points, 1.0), floatfmt=".1f"))
+    if batches:
+        bpoints, _ = budget.batch_study(t, batches, progress=is_main())
+        print_("\nbatch sizes (BLEU, held-out MSE, epochs, seconds of training steps):\n")
+        shown = bpoints[["cell", "setting", "bleu", "heldout_mse", "epochs", "distill_seconds"]]
+        print_(to_markdown(shown.round({"bleu": 1, "heldout_mse": 4, "distill_seconds": 0}), floatfmt="g"))
+
+
 def _bundle_args(p):
     p.add_argument("--out", default=None, help="the archive to write (default: <runs>/ffattn-<preset>-...tar)")
     p.add_argument("--no-study", action="store_true",
@@ -246,6 +280,9 @@ def _extra_commands() -> dict:
                       "write bench.json and print the tables", _bench_args, _bench),
             "finetune": ("beyond the paper: fine-tune the attentionless Transformer (students at L) end to end "
                          "on the translation loss, and score it", lambda p: None, _finetune),
+            "study": ("chapter 8's budget study: distil its cells on fewer training sentences and at other "
+                      "batch sizes (under torchrun shared out among the ranks), print its tables; the chapter "
+                      "then reads every point from the cache", _study_args, _study),
             "bundle": ("pack the trained teacher, grid and budget study of a config into one archive "
                        "(weights only) for a workshop", _bundle_args, _bundle),
             "unbundle": ("unpack a bundle where the cache looks, so nothing is trained", _unbundle_args, _unbundle),

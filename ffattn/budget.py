@@ -22,6 +22,25 @@ CELLS = tuple([("encoder", sc, sz) for sc in ("ALR", "ASLR", "ALRR", "ELR") for 
               + [("decoder", "ALR", "L"), ("cross", "ALR", "L"), ("cross_causal", "ALR", "L")])
 
 
+def parse_sentences(text: str) -> list[int]:
+    """'1000,3000,0' -> [1000, 3000, 0]: the study's numbers of training sentences (0: all)."""
+    points = []
+    for part in (p.strip() for p in str(text).split(",")):
+        if not part:
+            continue
+        try:
+            n = int(part)
+        except ValueError:
+            n = -1
+        if n < 0:
+            raise ValueError(f"number of sentences {part!r}: write whole numbers of training sentences, "
+                             f"separated by commas, 0 for all of them, e.g. 1000,3000,10000,0")
+        points.append(n)
+    if not points:
+        raise ValueError(f"no numbers of sentences in {text!r}; e.g. 1000,3000,10000,0 (0: all of them)")
+    return list(dict.fromkeys(points))  # a point asked for twice runs once
+
+
 def cell_label(group: str, scheme: str, size: str) -> str:
     return f"encoder {scheme}-{size}" if group == "encoder" else f"{group.replace('_', ' ')} {scheme}-{size}"
 

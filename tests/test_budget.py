@@ -171,6 +171,17 @@ def test_an_interrupted_student_resumes_to_the_same_weights(general_teacher, mon
         assert torch.equal(v, runs["interrupted"][0][k]), k
 
 
+def test_sentence_points_parse_and_bad_ones_are_named():
+    from ffattn import budget as study
+    assert study.parse_sentences("1000, 3000,0") == [1000, 3000, 0]
+    assert study.parse_sentences("0,1000,0,") == [0, 1000]  # asked twice: once
+    for bad in ("-5", "1e3", "all", "3.5"):
+        with pytest.raises(ValueError, match=f"number of sentences '{bad}'.*0 for all of them"):
+            study.parse_sentences(f"1000,{bad}")
+    with pytest.raises(ValueError, match="no numbers of sentences in ' , '"):
+        study.parse_sentences(" , ")
+
+
 # ----------------------------------------------------------------------------- batch sizes (chapter 8)
 
 def test_batch_settings_parse_and_bad_ones_are_named():

@@ -20,6 +20,8 @@ def run(argv) -> int:
     (["reproduce", "--pairs", "de-en,xx-yy"], 2, "unknown pair 'xx-yy'"),
     (["bench", "--cells", "encoder-XYZ-M"], 2, "unknown cell(s) ['encoder-XYZ-M']; choose from: encoder-ALR-XS"),
     (["teacher", "--distill-source", "disk"], 2, "unknown distill_source 'disk'; choose one of: recorded, on_the_fly"),
+    (["study", "--sentences", "1000,x"], 2, "number of sentences 'x': write whole numbers"),
+    (["study", "--batches", "512y2"], 2, "batch setting '512y2': write BATCHxFACTOR"),
     (["unbundle", "/nowhere/bundle.tar"], 1, "ffattn: error: no bundle at /nowhere/bundle.tar"),
 ])
 def test_bad_values_are_one_message_and_status_2(argv, status, message, capsys):

@@ -123,3 +123,23 @@ def test_not_launched_means_not_distributed(monkeypatch):
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     assert dd.init() is False and not dd.active()
     assert Path(dd.__file__).name == "distributed.py"
+
+
+def test_the_study_command_trains_chapter_8s_points_across_two_ranks_for_the_chapter_to_read(tmp_path, monkeypatch):
+    """`torchrun ... study` trains the budget study's points ahead of the book: the chapter's
+    own call then reads every student back (none trained again) and gets the tables printed."""
+    from ffattn import budget
+    cfg = get_config("tiny", **MICRO)
+    monkeypatch.setenv("FFATTN_RUNS", str(tmp_path))
+    out = _run(TORCHRUN + ["-m", "ffattn", "study", "--preset", "tiny", *FLAGS, "--sentences", "100,0",
+                           "--batches", "64x2"], tmp_path).stdout
+    students = sorted((tmp_path / cfg.run_dir().name).rglob("students/*.pt"))
+    assert len(students) == 11 * 2 + 4  # 11 cells of one layer at two points; 4 at the other batch
+    written = {p: p.stat().st_mtime_ns for p in students}
+    t = experiments.teacher(cfg, progress=False)
+    points, _ = budget.study(t, [100, 0], progress=False)
+    bpoints, _ = budget.batch_study(t, [(64, 2.0)], progress=False)
+    assert {p: p.stat().st_mtime_ns for p in students} == written  # read back, nothing trained again
+    for row in points.itertuples():  # the command printed the chapter's numbers
+        assert f"| {row.cell} |" in out and f"{row.bleu:.1f}" in out
+    assert "batch 64, lr x2" in out and len(bpoints) == 8
