@@ -2,6 +2,7 @@
 
     python benchmarks/bench_compile.py --preset tiny            # fixed shapes
     python benchmarks/bench_compile.py --preset tiny --varied   # students as the trainer runs them
+    python benchmarks/bench_compile.py --preset tiny --grid     # the causal students as the grid trains them
 
 Times a training step of the teacher (token batch, label-smoothed loss, backward, Adam) and
 distillation steps of students at L (encoder ALR, decoder self-attention, cross-attention in
@@ -11,14 +12,22 @@ the compile time apart, and the loss of both. With `--varied` the students' batc
 length from step to step, as in distillation (a causal student works up to its batch's longest
 sentence), and they are compiled as the trainer compiles them (`distill.step_loss`, dynamic
 shapes): a first pass over the batches compiles what they need (its extra time is the compile
-time), a second pass is timed. The setting
-`distill_compile` (off by default) rests on these figures; the README has them.
+time), a second pass is timed. That times one student on a handful of random batches; what
+the grid pays is another matter (several students taking turns on each batch, every length
+of the real batches, compiling each student), so `--grid` settles the setting: the causal
+students of layer 0 (decoder self-attention, cross-attention in the causal form; XS to L) are
+distilled as the grid distils them, from the cached teacher's recording, once eager and once
+compiled, each into a scratch copy of the cache (the cache itself is only read); `--sentences`
+and `--epochs` make it shorter. The setting `distill_compile` rests on these figures; the
+README has them.
 """
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -63,14 +72,95 @@ def _compare(name: str, make_loss, params, repeats: int, varied: bool = False) -
     return out
 
 
+def _scratch_teacher(t, root: Path):
+    """A copy of the teacher's run folder under `root` that links the recordings, so students
+    trained there leave the real cache as it was."""
+    run = root / t.run_dir.name
+    run.mkdir(parents=True)
+    for f in ("config.json", "history.json", "teacher.pt"):
+        shutil.copy(t.run_dir / f, run / f)
+    shutil.copytree(t.run_dir / "tokenizers", run / "tokenizers")
+    (run / "recordings").mkdir()
+    if (t.run_dir / "recordings").exists():  # distilling on the fly (`paper`) records nothing
+        for rec in (t.run_dir / "recordings").iterdir():
+            if rec.is_dir():
+                (run / "recordings" / rec.name).symlink_to(rec)
+    return run
+
+
+def grid_compare(cfg, epochs: int | None, sentences: int | None, sizes=("XS", "S", "M", "L")) -> list[dict]:
+    """Each causal group of layer 0, distilled eager then compiled through `experiments.train_students`:
+    one row per (group, size) with the seconds of its steps (compiling included), those of its last
+    epoch, and the held-out MSE of each run; the wall time of each group beside them."""
+    import os
+    import tempfile
+
+    from ffattn import experiments
+    from ffattn.distill import budget
+
+    over = {k: v for k, v in (("distill_epochs", epochs), ("distill_sentences", sentences)) if v is not None}
+    cfg = cfg.replace(**over)
+    t = experiments.teacher(cfg)
+    experiments.recordings(t)  # recorded in the real cache if it is not there yet, before any clock starts
+    rows, old = {}, os.environ.get("FFATTN_RUNS")
+    try:
+        with tempfile.TemporaryDirectory(prefix="bench-compile-") as tmp:
+            for mode in ("off", "causal"):
+                _scratch_teacher(t, Path(tmp) / mode)
+                os.environ["FFATTN_RUNS"] = str(Path(tmp) / mode)
+                tm = experiments.teacher(cfg.replace(distill_compile=mode), progress=False)
+                experiments.recordings(tm, progress=False)  # opened before the clock starts
+                for where in ("decoder", "cross_causal"):
+                    wanted = [Student(where, 0, "ALR", sz) for sz in sizes]
+                    t0 = time.perf_counter()
+                    hist = experiments.train_students(tm, wanted, progress=True)
+                    wall = time.perf_counter() - t0
+                    for s in wanted:
+                        b = budget(hist[s], cfg.distill_patience)
+                        r = rows.setdefault((where, s.size), {"student": s.name, "epochs": b["epochs"]})
+                        r[f"{mode}_s"] = b["seconds"]
+                        r[f"{mode}_last_epoch_s"] = hist[s][-1]["seconds"]
+                        r[f"{mode}_mse"] = b["heldout_mse"]
+                        r[f"{mode}_group_wall_s"] = wall
+    finally:
+        if old is None:
+            os.environ.pop("FFATTN_RUNS", None)
+        else:
+            os.environ["FFATTN_RUNS"] = old
+    return list(rows.values())
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default="tiny")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--tokens", type=int, default=16, help="sentence length of the random batches (Multi30k: 16)")
     p.add_argument("--varied", action="store_true", help="students only, batches of varied lengths, dynamic shapes")
+    p.add_argument("--grid", action="store_true",
+                   help="the causal students of layer 0 distilled as the grid does it, eager then compiled (needs the "
+                        "data; trains the teacher if it is not cached)")
+    p.add_argument("--epochs", type=int, default=None, help="with --grid: epochs per student (default: the preset's cap)")
+    p.add_argument("--sentences", type=int, default=None,
+                   help="with --grid: training sentences (default: the preset's, all)")
     args = p.parse_args(argv)
     cfg = get_config(args.preset)
+    if args.grid:
+        rows = grid_compare(cfg, args.epochs, args.sentences)
+        print(f"\npreset {cfg.preset}, {torch.get_num_threads()} threads, torch {torch.__version__}: causal students of "
+              f"layer 0 distilled eager, then compiled (seconds of their steps, compiling included)\n")
+        print("| student | epochs | eager s | compiled s | speed-up | last epoch, eager / compiled s "
+              "| held-out MSE, eager / compiled |")
+        print("|---|---|---|---|---|---|---|")
+        for r in rows:
+            print(f"| {r['student']} | {r['epochs']} | {r['off_s']:.1f} | {r['causal_s']:.1f} | "
+                  f"{r['off_s'] / r['causal_s']:.2f}x | {r['off_last_epoch_s']:.1f} / {r['causal_last_epoch_s']:.1f} | "
+                  f"{r['off_mse']:.5f} / {r['causal_mse']:.5f} |")
+        for where in ("decoder", "cross_causal"):
+            r = next(r for r in rows if r["student"].startswith(where + "-"))
+            print(f"\n{where} group (XS to L together, wall time): eager {r['off_group_wall_s']:.0f} s, compiled "
+                  f"{r['causal_group_wall_s']:.0f} s", end="")
+        print()
+        return 0
     torch.manual_seed(0)
     V, L = cfg.vocab_size, args.tokens
     teacher = Transformer.from_config(cfg, V, V)

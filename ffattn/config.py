@@ -91,8 +91,9 @@ class Config:
     distill_source: str = _f("recorded", "distill", "recorded: the teacher's activations saved once as float16 "
                              "memory maps; on_the_fly: the teacher runs on each batch, nothing on disk")
     distill_compile: str = _f("off", "distill", "torch.compile the students' training steps: off, causal "
-                              "(decoder and causal cross students: 1.4-1.9x faster at L on 2 CPU cores, after 2-35 s "
-                              "of compiling, see the README) or all; a speed setting, outside the key")
+                              "(decoder and causal cross students: epochs 1.7-1.9x faster at L at small on 2 CPU cores, "
+                              "after 15-35 s of compiling each, nothing gained at tiny; see the README) or all; a "
+                              "speed setting, outside the key")
     distill_precision: str = _f("fp32", "distill", "arithmetic of the students' training steps: fp32, tf32 (on a "
                                 "GPU) or bf16 (bfloat16 autocast, on the CPU too: epochs 1.15-1.9x faster on 2 cores "
                                 "with AVX512-BF16, far slower on a CPU without it; see the README). Held-out MSE "
