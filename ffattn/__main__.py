@@ -189,14 +189,18 @@ def _finetune(cfg, args):
           f"{cfg.finetune_epochs} epoch(s) of fine-tuning {r['bleu']:.2f}: {r['gap_closed']:.0%} of the gap closed")
 
 
+# the chapter's defaults (budget.SENTENCES, budget.BATCHES; a test keeps them equal), written out so that
+# building the parser imports nothing heavy
+STUDY_SENTENCES, STUDY_BATCHES = "1000,3000,10000,0", "512x1,512x2"
+
+
 def _study_args(p):
-    from .budget import SENTENCES
-    p.add_argument("--sentences", default=",".join(map(str, SENTENCES)),
-                   help="training sentences per point, comma-separated, 0 for all (default: the chapter's, "
-                        "%(default)s)")
+    p.add_argument("--sentences", default=None,
+                   help=f"training sentences per point, comma-separated, 0 for all (default: the chapter's, "
+                        f"{STUDY_SENTENCES})")
     p.add_argument("--batches", default=None,
-                   help="other batch sizes, each with a factor on the learning rates, e.g. 512x1,512x2 "
-                        "(default: the chapter's; none: skip that section)")
+                   help=f"other batch sizes, each with a factor on the learning rates (default: the chapter's, "
+                        f"{STUDY_BATCHES}; none: skip that section)")
 
 
 def _study(cfg, args):
@@ -204,8 +208,9 @@ def _study(cfg, args):
     from . import budget, experiments
     from .distributed import is_main
     from .report import to_markdown
-    sentences = budget.parse_sentences(args.sentences)  # every value checked before anything trains
-    batches = budget.parse_batches(args.batches) if args.batches is not None else list(budget.BATCHES)
+    # every value checked before anything trains; an empty value means the default, as in the chapter
+    sentences = budget.parse_sentences(args.sentences or STUDY_SENTENCES)
+    batches = budget.parse_batches(args.batches or STUDY_BATCHES)
     t = experiments.teacher(cfg, progress=is_main())
     print_ = print if is_main() else (lambda *a, **k: None)
     print_("budget rule:", experiments.budget_line(cfg, len(t.data["train"])))

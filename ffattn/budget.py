@@ -60,7 +60,8 @@ def study(t: experiments.Teacher, sentences=SENTENCES, cells=CELLS, progress: bo
     wanted = set(cells)
     n_train = len(t.data["train"])
     points, curves = [], []
-    for n in sentences:
+    # a number at or above the training set is all of it: one point, the grid's own (its key says 0)
+    for n in dict.fromkeys(0 if n >= n_train else n for n in sentences):
         tn = with_sentences(t, n)
         chosen = [c for c in experiments.grid(tn.cfg) if c.trained and (c.group, c.scheme, c.size) in wanted]
         df = experiments.run_grid(tn, chosen, progress=progress)

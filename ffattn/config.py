@@ -92,7 +92,7 @@ class Config:
                              "memory maps; on_the_fly: the teacher runs on each batch, nothing on disk")
     distill_compile: str = _f("off", "distill", "torch.compile the students' training steps: off, causal "
                               "(decoder and causal cross students: epochs 1.7-1.9x faster at L at small on 2 CPU cores, "
-                              "after 15-35 s of compiling each, nothing gained at tiny; see the README) or all; a "
+                              "after 15-35 s of compiling each, slower overall at tiny; see the README) or all; a "
                               "speed setting, outside the key")
     distill_precision: str = _f("fp32", "distill", "arithmetic of the students' training steps: fp32, tf32 (on a "
                                 "GPU) or bf16 (bfloat16 autocast, on the CPU too: epochs 1.15-1.9x faster on 2 cores "
@@ -192,7 +192,8 @@ PRESET_VALUES = {
     # most 5 epochs of the whole training set (the grid takes about an hour on 2 cores).
     "tiny": dict(),
     # The CPU edition of the book; the README has its measured times and scores on 2 cores. Its
-    # causal students' steps are compiled: 1.4x (decoder) and 1.9x (causal cross) faster at L.
+    # causal students' steps are compiled: epochs at L 1.71x (decoder) and 1.93x (causal cross)
+    # faster (benchmarks/bench_compile.py --grid); at tiny compiling was slower overall, so it is off.
     # Its students stay fp32: bf16 steps ran only 1.24-1.34x faster at L here (1.9x at ELR-M),
     # and far slower on a CPU without native bfloat16 (2.6x with AVX-512, 200x with AVX2; README).
     "small": dict(vocab_size=5000, d_model=128, n_heads=8, d_ff=512, n_enc=3, n_dec=3,

@@ -403,7 +403,7 @@ def step_loss(module, compile: bool = False):
     """loss(batch) of a student's distillation step: its prediction's masked MSE against the
     teacher's. With `compile`, through `torch.compile` with dynamic shapes (the batches vary
     in length): on 2 CPU cores a causal student's epoch at L ran 1.7-1.9x faster at `small`, after
-    15-35 s of compiling per student, and gained nothing at `tiny` (benchmarks/bench_compile.py --grid)."""
+    15-35 s of compiling per student, and was slower overall at `tiny` (benchmarks/bench_compile.py --grid)."""
     def loss(x, x_pad, memory, memory_pad, target):
         pred = module.distill_forward(x, x_pad, memory, memory_pad)
         return masked_mse(pred.float(), target, x_pad)

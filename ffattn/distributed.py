@@ -2,6 +2,7 @@
 
     torchrun --nproc_per_node 4 -m ffattn teacher --preset paper
     torchrun --nnodes 2 --nproc_per_node 8 --rdzv-endpoint host:29500 -m ffattn reproduce --preset paper
+    torchrun --nproc_per_node 2 -m ffattn study --preset small     # chapter 8's points, CPUs with gloo
 
 `torchrun` sets RANK, WORLD_SIZE, LOCAL_RANK and the rendezvous; `init()` joins the group with
 the backend the device wants (NCCL on CUDA, gloo on CPU). Without torchrun nothing here does

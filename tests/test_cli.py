@@ -50,3 +50,11 @@ def test_a_damaged_checkpoint_is_a_run_time_error(capsys, monkeypatch, tmp_path)
     err = capsys.readouterr().err
     assert "teacher.pt is damaged or not a checkpoint" in err and "delete it to retrain" in err
     assert "Traceback" not in err
+
+
+def test_the_study_commands_defaults_are_the_chapters():
+    """The parser writes them out (building it imports nothing heavy); they must not drift."""
+    from ffattn import budget
+    from ffattn.__main__ import STUDY_BATCHES, STUDY_SENTENCES
+    assert budget.parse_sentences(STUDY_SENTENCES) == list(budget.SENTENCES)
+    assert budget.parse_batches(STUDY_BATCHES) == list(budget.BATCHES)

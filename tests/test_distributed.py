@@ -131,7 +131,8 @@ def test_the_study_command_trains_chapter_8s_points_across_two_ranks_for_the_cha
     from ffattn import budget
     cfg = get_config("tiny", **MICRO)
     monkeypatch.setenv("FFATTN_RUNS", str(tmp_path))
-    out = _run(TORCHRUN + ["-m", "ffattn", "study", "--preset", "tiny", *FLAGS, "--sentences", "100,0",
+    # 5000 is more than the training set: all of it, the same point as 0, trained once
+    out = _run(TORCHRUN + ["-m", "ffattn", "study", "--preset", "tiny", *FLAGS, "--sentences", "100,0,5000",
                            "--batches", "64x2"], tmp_path).stdout
     students = sorted((tmp_path / cfg.run_dir().name).rglob("students/*.pt"))
     assert len(students) == 11 * 2 + 4  # 11 cells of one layer at two points; 4 at the other batch
@@ -140,6 +141,10 @@ def test_the_study_command_trains_chapter_8s_points_across_two_ranks_for_the_cha
     points, _ = budget.study(t, [100, 0], progress=False)
     bpoints, _ = budget.batch_study(t, [(64, 2.0)], progress=False)
     assert {p: p.stat().st_mtime_ns for p in students} == written  # read back, nothing trained again
-    for row in points.itertuples():  # the command printed the chapter's numbers
-        assert f"| {row.cell} |" in out and f"{row.bleu:.1f}" in out
-    assert "batch 64, lr x2" in out and len(bpoints) == 8
+    assert out.count("budget rule:") == 1  # rank 0 prints, rank 1 does not
+    assert len(points) == 22 and sorted(set(points.sentences)) == [100, len(t.data["train"])]
+    for cell, row in points.pivot_table(index="cell", columns="sentences", values="bleu", sort=False).iterrows():
+        assert f"| {cell} | {row.iloc[0]:.1f} | {row.iloc[1]:.1f} |" in out  # the chapter's table, printed
+    for row in bpoints.itertuples():
+        assert f"| {row.cell} | {row.setting} | {round(row.bleu, 1):g} |" in out
+    assert len(bpoints) == 8 and "batch 64, lr x2" in set(bpoints.setting)
