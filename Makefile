@@ -1,5 +1,6 @@
 # make book: the book, every chapter executed at PRESET (tiny by default; small = CPU edition);
 # --all: every page is rebuilt, so numbers never come from an older run of the package
+# make edition PRESET=small: the same book, its grid and budget study trained first on NPROC processes
 # make test: unit tests, then every chapter under nbval at tiny, at the CI budget below
 # OVERRIDES: settings on top of the preset, as JSON (e.g. OVERRIDES='{"distill_epochs": 3}');
 # STUDY: the budget study's numbers of training sentences (e.g. STUDY=1000,0; default: the chapter's)
@@ -22,7 +23,7 @@ export FFATTN_DATA := $(abspath $(FFATTN_DATA))
 endif
 export PYTHONWARNINGS ?= ignore::DeprecationWarning
 
-.PHONY: book test unit chapters teacher clean venv workshop bundle
+.PHONY: book edition test unit chapters teacher clean venv workshop bundle
 venv: $(VENV)/.installed
 $(VENV)/.installed: requirements.txt pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -39,6 +40,22 @@ book: venv
 	FFATTN_PRESET=$(PRESET) FFATTN_OVERRIDES='$(OVERRIDES)' FFATTN_STUDY_SENTENCES='$(STUDY)' \
 	  FFATTN_STUDY_BATCHES='$(BATCHES)' $(VENV)/bin/jupyter-book build --all . || exit 1; \
 	echo "book built at preset $(PRESET) in $$(( $$(date +%s) - start )) s: $(CURDIR)/_build/html/index.html"
+
+# the edition readers see (make edition PRESET=small): its long parts, the grid and chapter 8's
+# points, shared out among NPROC processes of THREADS threads each (torchrun: gloo on CPUs, NCCL on
+# GPUs), then the book, which reads them from the cache; every part resumes where it stopped
+NPROC ?= 2
+THREADS ?= 1
+ifneq ($(filter edition,$(MAKECMDGOALS)),)  # refused before anything is built
+ifneq ($(strip $(OVERRIDES)),)
+$(error make edition takes no OVERRIDES (they are for make book): an edition is built at a preset's own settings)
+endif
+endif
+edition: venv
+	OMP_NUM_THREADS=$(THREADS) $(VENV)/bin/torchrun --standalone --nproc_per_node $(NPROC) -m ffattn reproduce --preset $(PRESET)
+	OMP_NUM_THREADS=$(THREADS) $(VENV)/bin/torchrun --standalone --nproc_per_node $(NPROC) -m ffattn study --preset $(PRESET) \
+	  --sentences '$(STUDY)' --batches '$(BATCHES)'
+	$(MAKE) book PRESET=$(PRESET) STUDY='$(STUDY)' BATCHES='$(BATCHES)'
 
 unit: venv
 	$(PY) -m pytest tests -q

@@ -58,3 +58,21 @@ def test_the_study_commands_defaults_are_the_chapters():
     from ffattn.__main__ import STUDY_BATCHES, STUDY_SENTENCES
     assert budget.parse_sentences(STUDY_SENTENCES) == list(budget.SENTENCES)
     assert budget.parse_batches(STUDY_BATCHES) == list(budget.BATCHES)
+
+
+def test_make_edition_trains_the_grid_and_the_study_on_several_processes_before_the_book():
+    import shutil
+    import subprocess
+    from pathlib import Path
+    if shutil.which("make") is None:
+        pytest.skip("no make")
+    root = Path(__file__).resolve().parents[1]
+    plan = subprocess.run(["make", "-n", "edition", "PRESET=small", "STUDY=1000,0", "NPROC=3"], cwd=root,
+                          capture_output=True, text=True, check=True).stdout
+    steps = [plan.index("--nproc_per_node 3 -m ffattn reproduce --preset small"),
+             plan.index("--nproc_per_node 3 -m ffattn study --preset small"), plan.index("jupyter-book build")]
+    assert steps == sorted(steps)  # the long parts first, shared out; the book reads them back
+    assert "--sentences '1000,0'" in plan and "FFATTN_STUDY_SENTENCES='1000,0'" in plan
+    refused = subprocess.run(["make", "-n", "edition", "OVERRIDES={\"epochs\": 3}"], cwd=root, capture_output=True,
+                             text=True)
+    assert refused.returncode != 0 and "make edition takes no OVERRIDES" in refused.stdout + refused.stderr
