@@ -19,8 +19,8 @@ students of layer 0 (decoder self-attention, cross-attention in the causal form;
 distilled as the grid distils them, from the teacher's recording, once eager and once compiled,
 each into a scratch copy of the cache (the cache gets only the teacher and its recording, when
 they are not there yet); `--sentences` and `--epochs` make it shorter. Eager runs first, on a
-page cache that may not hold the recording yet: if anything, that favours the compiled run. The setting `distill_compile` rests on these figures; the
-README has them.
+page cache that may not hold the recording yet: if anything, that favours the compiled run.
+The setting `distill_compile` rests on these figures; the README has them.
 """
 from __future__ import annotations
 
