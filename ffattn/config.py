@@ -98,6 +98,11 @@ class Config:
                                 "GPU) or bf16 (bfloat16 autocast, on the CPU too: epochs 1.15-1.9x faster on 2 cores "
                                 "with AVX512-BF16, far slower on a CPU without it; see the README). Held-out MSE "
                                 "and BLEU are always computed in fp32")
+    distill_memory_gb: float = _f(0.0, "distill", "most memory in GB that the students trained at once may hold on "
+                                  "this machine, shared among its torchrun processes: 16 bytes a parameter (weights, "
+                                  "Adam's moments, the best epoch's copy); students of one recording beyond it train in "
+                                  "turns, each reading the recording again (on the fly: running the teacher again). "
+                                  "0: no limit. The same students either way: a memory setting, outside the key")
     lr_alr: float = _f(1e-3, "distill", "constant learning rate of ALR students (paper: 1e-4 over far more steps)")
     lr_other: float = _f(1e-3, "distill", "constant learning rate of ALRR, ASLR, ELR (paper)")
     # fine-tune (beyond the paper; its own key, so the teacher and the students never depend on it)
@@ -153,9 +158,10 @@ class Config:
         `distill_source` and `distill_precision` count only when they are not "recorded" and
         "fp32", so the keys of the runs made before they existed stay valid; `distill_compile`
         never counts: compiled and eager steps compute the same students, up to the order of
-        floating-point sums (as thread counts do)."""
+        floating-point sums (as thread counts do); nor does `distill_memory_gb`, which only
+        decides which students train side by side."""
         settings = self.group("distill")
-        del settings["distill_compile"]
+        del settings["distill_compile"], settings["distill_memory_gb"]
         if settings["distill_source"] == "recorded":
             del settings["distill_source"]
         if settings["distill_precision"] == "fp32":
@@ -184,7 +190,7 @@ _POSITIVE = ("vocab_size", "max_len", "batch_tokens", "d_model", "n_heads", "d_f
              "warmup", "lr_factor", "beam", "distill_epochs", "distill_batch", "lr_alr", "lr_other",
              "finetune_epochs", "finetune_lr")
 _NON_NEGATIVE = ("train_limit", "valid_limit", "seed", "length_penalty", "valid_bleu_sentences",
-                 "distill_patience", "distill_sentences", "finetune_sentences")
+                 "distill_patience", "distill_sentences", "finetune_sentences", "distill_memory_gb")
 _FRACTIONS = ("dropout", "label_smoothing", "distill_min_delta")
 
 PRESET_VALUES = {
@@ -196,9 +202,11 @@ PRESET_VALUES = {
     # faster (benchmarks/bench_compile.py --grid); at tiny compiling was slower overall, so it is off.
     # Its students stay fp32: bf16 steps ran only 1.24-1.34x faster at L here (1.9x at ELR-M),
     # and far slower on a CPU without native bfloat16 (2.6x with AVX-512, 200x with AVX2; README).
+    # One process trains a layer's eight ALR/ASLR students (3.6 GB) at once; two torchrun ranks
+    # take them in turns of at most 2.5 GB each, so the grid stays under 10 GB (README).
     "small": dict(vocab_size=5000, d_model=128, n_heads=8, d_ff=512, n_enc=3, n_dec=3,
                   dropout=0.1, epochs=12, warmup=800, lr_factor=1.0, valid_bleu_sentences=300, distill_epochs=12,
-                  distill_compile="causal"),
+                  distill_compile="causal", distill_memory_gb=5.0),
     # The paper's teacher: 6+6 layers, d_model 128, 8 heads, FF 512, MAX_LEN 50, 20 epochs.
     "paper": dict(corpus="iwslt2017", vocab_size=16000, d_model=128, n_heads=8, d_ff=512,
                   n_enc=6, n_dec=6, dropout=0.1, epochs=20, warmup=4000, lr_factor=1.0, distill_epochs=40,

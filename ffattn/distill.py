@@ -21,8 +21,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from . import distributed as dd
 from .data import pad_batch
-from .replace import CausalFFCrossAttention, CausalFFSelfAttention, build_replacement, record_io
+from .replace import CausalFFCrossAttention, CausalFFSelfAttention, build_replacement, count_params, record_io
 from .train import autocast, cpu_has_bf16
 from .files import load_checkpoint, locks, save_atomic, write_atomic
 
@@ -371,7 +372,8 @@ def train_students(teacher, students: list[Student], rec_train: Recording, rec_v
     Students that learn from the same recording share each batch; each has its own Adam, stops
     on its own (`stop_reason` on its held-out MSE after every epoch) and is checkpointed after
     every epoch in `folder/<name>.pt`, so an interrupted run resumes. Only one recording's
-    students are in memory at a time; the caller loads finished ones with `load_student`.
+    students are in memory at a time, and of them at most `distill_memory_gb` (this process's
+    share of it) in one turn; the caller loads finished ones with `load_student`.
     """
     folder = Path(folder)
     rec_train.device = rec_valid.device = device = next(teacher.parameters()).device
@@ -383,11 +385,51 @@ def train_students(teacher, students: list[Student], rec_train: Recording, rec_v
     groups: dict = {}
     for s in students:
         groups.setdefault(s.source, []).append(s)
+    limit = cfg.distill_memory_gb * 1e9 / dd.local_world()  # this process's share of the machine
     for source, members in groups.items():
         # each student under its own lock: another process asking for it waits, then loads it
         with locks([folder / f"{s.name}.pt" for s in members], f"the students of {_name(source)}"):
-            _train_group(teacher, source, members, rec_train, rec_valid, cfg, folder, progress, out)
+            todo = []
+            for s in members:
+                done = finished_history(s, cfg, folder)
+                if done is None:
+                    todo.append(s)
+                else:  # finished: its history only, no weights
+                    out[s] = done
+            for turn in turns(todo, [training_bytes(s, cfg) for s in todo], limit):
+                _train_group(teacher, source, turn, rec_train, rec_valid, cfg, folder, progress, out)
     return out
+
+
+# Bytes a student holds while it trains, per parameter: fp32 weights, Adam's two moments and
+# the best epoch's copy (its gradients come and go within a step). Measured at `small`: 16-17.
+BYTES_PER_PARAM = 16
+
+
+def training_bytes(s: Student, cfg) -> int:
+    """The memory a student holds while it trains (`BYTES_PER_PARAM` per parameter)."""
+    return BYTES_PER_PARAM * count_params(s.scheme, s.size, cfg.max_len, cfg.d_model, cfg.n_heads, s.where)
+
+
+def turns(students: list, sizes: list[int], limit: float) -> list[list]:
+    """`students` in turns whose `sizes` sum to at most `limit` (0: all in one turn): largest
+    first, each into the first turn with room; one larger than the limit trains alone. Each
+    turn keeps the order of `students`, and training in turns changes no student's weights."""
+    if not students:
+        return []
+    if not limit:
+        return [list(students)]
+    bins: list[list[int]] = []
+    room: list[float] = []
+    for i in sorted(range(len(students)), key=lambda i: (-sizes[i], i)):
+        k = next((k for k, r in enumerate(room) if sizes[i] <= r), None)
+        if k is None:
+            bins.append([])
+            room.append(limit)
+            k = len(bins) - 1
+        bins[k].append(i)
+        room[k] -= sizes[i]
+    return [[students[i] for i in sorted(b)] for b in bins]
 
 
 def finished_history(s: Student, cfg, folder: Path) -> list | None:
@@ -434,18 +476,12 @@ def _compiled(cfg, module) -> bool:
 
 
 def _train_group(teacher, source, members, rec_train, rec_valid, cfg, folder, progress, out) -> None:
-    """Train the unfinished students of `members`, which all learn from `source`, into `out`."""
+    """Train `members`, unfinished students that all learn from `source`, side by side into `out`."""
     state = {}
     for s in members:
-        done = finished_history(s, cfg, folder)
-        if done is not None:  # finished: its history only, no weights
-            out[s] = done
-            continue
         state[s] = _load_state(teacher, s, cfg, folder)
         state[s]["loss"] = step_loss(state[s]["module"], _compiled(cfg, state[s]["module"]))
-    todo = [s for s in members if s in state]
-    if not todo:
-        return
+    todo = list(members)
     valid = _batches(rec_valid, source)
     bar = tqdm(desc=f"distilling {_name(source)} ({', '.join(s.where + ' ' + s.scheme + '-' + s.size for s in todo)})",
                total=cfg.distill_epochs, initial=min(state[s]["epoch"] for s in todo),

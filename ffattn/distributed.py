@@ -36,6 +36,11 @@ def world() -> int:
     return dist.get_world_size() if active() else 1
 
 
+def local_world() -> int:
+    """Processes of this job on this machine (torchrun's LOCAL_WORLD_SIZE): they share its memory."""
+    return int(os.environ.get("LOCAL_WORLD_SIZE", "1")) if active() else 1
+
+
 def is_main() -> bool:
     """The rank that writes files and prints (rank 0, or the only process)."""
     return rank() == 0

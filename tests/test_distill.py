@@ -195,3 +195,47 @@ def test_bf16_students_are_keyed_compute_in_bfloat16_and_learn_as_fp32_ones(gene
     assert got["bf16"] != got["fp32"]  # the arithmetic did change ...
     assert got["bf16"] == pytest.approx(got["fp32"], rel=0.1)  # ... and not what the student learned
     assert got["bf16"] < 0.5 * floor
+
+
+def test_turns_pack_students_under_the_limit_largest_first():
+    from ffattn.config import get_config
+    from ffattn.distill import BYTES_PER_PARAM, training_bytes, turns
+    from ffattn.replace import count_params
+    assert turns(list("abcd"), [4, 1, 3, 2], 0) == [list("abcd")]  # no limit: one turn
+    assert turns([], [], 5) == []
+    got = turns(list("abcde"), [4, 1, 3, 2, 9], 5)
+    assert got == [["e"], ["a", "b"], ["c", "d"]]  # e alone (above the limit), then first fit, largest first
+    assert sorted(x for t in got for x in t) == list("abcde")
+    cfg = get_config("small")
+    layer = [Student("encoder", 0, sc, sz) for sc in ("ALR", "ASLR") for sz in ("XS", "S", "M", "L")]
+    sizes = [training_bytes(s, cfg) for s in layer]
+    assert sizes[3] == BYTES_PER_PARAM * count_params("ALR", "L", cfg.max_len, cfg.d_model, cfg.n_heads)
+    assert sizes[7] == BYTES_PER_PARAM * count_params("ASLR", "L", cfg.max_len, cfg.d_model, cfg.n_heads)
+    assert len(turns(layer, sizes, cfg.distill_memory_gb * 1e9)) == 1  # one process at small: one turn
+    for t in turns(layer, sizes, cfg.distill_memory_gb * 1e9 / 2):  # two ranks: each turn within its share
+        assert sum(training_bytes(s, cfg) for s in t) <= 2.5e9
+
+
+def test_students_trained_in_turns_equal_those_trained_side_by_side(general_teacher, tmp_path, monkeypatch):
+    """`distill_memory_gb` decides only which students train at once: outside the key, and the
+    students come out the same, weight for weight."""
+    from ffattn import distill
+    from ffattn.config import get_config
+    assert get_config("small", distill_memory_gb=0).distill_key() == get_config("small").distill_key()
+    with pytest.raises(ValueError, match="distill_memory_gb=-1.*0 or more"):
+        get_config("tiny", distill_memory_gb=-1)
+    t = general_teacher
+    rec_train, rec_valid = experiments.recordings(t, progress=False)
+    pair = [Student("encoder", 0, "ALR", "S"), Student("encoder", 0, "ASLR", "XS")]
+    calls = []
+    real = distill._train_group
+    monkeypatch.setattr(distill, "_train_group", lambda *a: calls.append([s.name for s in a[2]]) or real(*a))
+    weights = {}
+    for gb in (0, 1e-6):  # no limit; a limit below either student: each alone
+        cfg = t.cfg.replace(distill_epochs=2, distill_patience=0, distill_memory_gb=gb)
+        distill.train_students(t.model, pair, rec_train, rec_valid, cfg, tmp_path / str(gb), progress=False)
+        weights[gb] = {s: distill.load_student(t.model, s, cfg, tmp_path / str(gb))[0].state_dict() for s in pair}
+    assert calls[0] == [s.name for s in pair] and sorted(calls[1:]) == [[s.name] for s in pair]
+    for s in pair:
+        for k, v in weights[0][s].items():
+            torch.testing.assert_close(weights[1e-6][s][k], v, rtol=0, atol=0)
