@@ -239,3 +239,20 @@ def test_students_trained_in_turns_equal_those_trained_side_by_side(general_teac
     for s in pair:
         for k, v in weights[0][s].items():
             torch.testing.assert_close(weights[1e-6][s][k], v, rtol=0, atol=0)
+
+
+def test_the_memory_benchmark_takes_one_recordings_largest_group_and_names_bad_flags():
+    import subprocess
+    import sys
+    from pathlib import Path
+    bench = Path(__file__).resolve().parents[1] / "benchmarks"
+    sys.path.insert(0, str(bench))
+    try:
+        from bench_memory import group
+    finally:
+        sys.path.remove(str(bench))
+    students = group(1)
+    assert len(set(students)) == 8 and {s.source for s in students} == {("encoder", 1, "ALR")}
+    for flag, said in (("--sentences=0", "--sentences 0"), ("--memory-gb=-1", "--memory-gb -1.0")):
+        out = subprocess.run([sys.executable, str(bench / "bench_memory.py"), flag], capture_output=True, text=True)
+        assert out.returncode == 2 and said in out.stderr and "Traceback" not in out.stderr, out.stderr
