@@ -7,6 +7,7 @@
     echo "Ein Hund rennt." | python -m ffattn translate --preset tiny
     torchrun --nproc_per_node 4 -m ffattn reproduce --preset paper   # several GPUs (or CPU processes)
     torchrun --nproc_per_node 2 -m ffattn study --preset small       # chapter 8's points, ahead of the book
+    python -m ffattn progress --preset small                         # how far that grid has got
 
 Every config field is also a flag: --d-model 128, --epochs 3, --max-len 40, ...
 Under torchrun the teacher trains data-parallel and the students of the grid (and of the budget
@@ -227,6 +228,12 @@ def _study(cfg, args):
         print_(to_markdown(shown.round({"bleu": 1, "heldout_mse": 4, "distill_seconds": 0}), floatfmt="g"))
 
 
+def _progress(cfg, args):
+    from .experiments import grid_progress
+    from .report import progress_report
+    print(progress_report(grid_progress(cfg), cfg))
+
+
 def _bundle_args(p):
     p.add_argument("--out", default=None, help="the archive to write (default: <runs>/ffattn-<preset>-...tar)")
     p.add_argument("--no-study", action="store_true",
@@ -288,6 +295,9 @@ def _extra_commands() -> dict:
             "study": ("chapter 8's budget study: distil its cells on fewer training sentences and at other "
                       "batch sizes (under torchrun shared out among the ranks), print its tables; the chapter "
                       "then reads every point from the cache", _study_args, _study),
+            "progress": ("how far the grid of a config has got in the cache (safe beside a run, even a "
+                         "running one): students finished, started and waiting, epochs and hours recorded",
+                         lambda p: None, _progress),
             "bundle": ("pack the trained teacher, grid and budget study of a config into one archive "
                        "(weights only) for a workshop", _bundle_args, _bundle),
             "unbundle": ("unpack a bundle where the cache looks, so nothing is trained", _unbundle_args, _unbundle),

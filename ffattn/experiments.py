@@ -280,6 +280,41 @@ def budget_line(cfg: Config, n_train: int) -> str:
             f"{cfg.distill_batch}, {rule}; lr {cfg.lr_alr:g} (ALR), {cfg.lr_other:g} (others)")
 
 
+def grid_progress(cfg: Config):
+    """Where the grid of `cfg` stands in the cache, read from its checkpoints' histories alone (no
+    teacher, no data, no weights: safe beside a grid that is running, even one still training its
+    teacher). One row per student: its state ("finished", "started", "waiting", or "other settings"
+    for a checkpoint of another distillation key), epochs, optimiser steps, seconds of training
+    steps, last held-out MSE and why it stopped; `df.attrs` has the teacher's epochs (None when
+    it has none yet), the cells scored on the test split and the folders read."""
+    import pandas as pd
+    run_dir = cfg.run_dir()
+    folder = run_dir / f"distill-{cfg.distill_key()}"
+    path = run_dir / "teacher.pt"
+    teacher_epochs = load_checkpoint(path, mmap=True)["epoch"] if path.exists() else None
+    cells = grid(cfg)
+    rows = []
+    for s in sorted({s for c in cells if c.trained for s in c.students}, key=lambda s: s.name):
+        row = {"student": s.name, "where": s.where, "layer": s.layer, "scheme": s.scheme, "size": s.size,
+               "state": "waiting", "epochs": 0, "steps": 0, "seconds": 0.0, "heldout_mse": float("nan"),
+               "stopped": None}
+        ck_path = folder / "students" / f"{s.name}.pt"
+        if ck_path.exists():
+            ck = load_checkpoint(ck_path, mmap=True)
+            h = ck.get("history", [])
+            row.update(epochs=len(h), steps=sum(e["steps"] for e in h), seconds=sum(e["seconds"] for e in h),
+                       heldout_mse=h[-1]["heldout_mse"] if h else float("nan"), stopped=ck.get("stopped"),
+                       state="other settings" if ck.get("distill_key") != cfg.distill_key() else
+                       "finished" if ck.get("finished") else "started")
+            del ck
+        rows.append(row)
+    df = pd.DataFrame(rows)
+    df.attrs.update(teacher_epochs=teacher_epochs, run_dir=str(run_dir), distill_dir=str(folder),
+                    cells=len(cells), cells_scored=sum((folder / "eval" / f"{c.name}.test-beam{cfg.beam}.json").exists()
+                                                      for c in cells))
+    return df
+
+
 def run_grid(t: Teacher, cells: list[Cell] | None = None, progress: bool = True):
     """Train or load every student of the grid, evaluate every cell; one row per cell.
 

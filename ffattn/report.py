@@ -96,6 +96,49 @@ def markdown_report(df: pd.DataFrame) -> str:
     return "\n\n".join(parts) + "\n"
 
 
+def _some(names, n: int = 8) -> str:
+    names = list(names)
+    return ", ".join(names[:n]) + (f" and {len(names) - n} more" if len(names) > n else "")
+
+
+def progress_report(df: pd.DataFrame, cfg) -> str:
+    """`experiments.grid_progress` in words: the teacher, the students by kind of slot, what the
+    started ones have left at most (their cap) and at their own pace so far, the cells scored."""
+    a = df.attrs
+    lines = [f"{a['run_dir']}"]
+    if a["teacher_epochs"] is None:
+        return "\n".join(lines + ["no teacher yet: nothing of the grid can have started"])
+    lines.append(f"teacher: {a['teacher_epochs']} of {cfg.epochs} epochs"
+                 + (" (training)" if a["teacher_epochs"] < cfg.epochs else ""))
+    states = ("finished", "started", "waiting", "other settings")
+    counts = df.pivot_table(index="where", columns="state", values="student", aggfunc="count", fill_value=0)
+    counts = counts.reindex(columns=[s for s in states if s in counts.columns or s != "other settings"], fill_value=0)
+    lines += ["", "| students | " + " | ".join(counts.columns) + " | all |", "|---" * (len(counts.columns) + 2) + "|"]
+    for where, row in counts.iterrows():
+        lines.append(f"| {where} | " + " | ".join(str(v) for v in row) + f" | {row.sum()} |")
+    done = df[df.state == "finished"]
+    reasons = done.stopped.value_counts()
+    lines += ["", f"{len(done)} of {len(df)} students finished ({reasons.get('plateau', 0)} on the plateau rule, "
+              f"{reasons.get('cap', 0)} at the cap of {cfg.distill_epochs} epochs); {df.epochs.sum()} epochs "
+              f"recorded, {df.seconds.sum() / 3600:.2f} h of training steps"]
+    started = df[df.state == "started"]
+    if len(started):
+        left = (cfg.distill_epochs - started.epochs).clip(lower=0)
+        pace = started.seconds / started.epochs.clip(lower=1)
+        lines.append(f"started: {len(started)} ({_some(f'{r.student} after {r.epochs}' for r in started.itertuples())}); "
+                     f"at most {left.sum()} epochs left to them, {(left * pace).sum() / 3600:.1f} h of steps at "
+                     "their own pace so far, shared among the processes (less where the plateau rule stops them)")
+    waiting = df[df.state == "waiting"]
+    if len(waiting):
+        lines.append(f"waiting: {len(waiting)} ({_some(waiting.student)})")
+    stale = df[df.state == "other settings"]
+    if len(stale):
+        lines.append(f"trained under other distillation settings (a run would stop on them; delete them): "
+                     f"{', '.join(stale.student)}")
+    lines.append(f"cells scored on the test split: {a['cells_scored']} of {a['cells']}")
+    return "\n".join(lines)
+
+
 def plot_sizes(df: pd.DataFrame, pair: str | None = None, ax=None):
     """BLEU against replacement size, one line per encoder scheme and per decoder/cross form,
     the teacher as a dashed line."""

@@ -95,3 +95,46 @@ def test_book_row_lookup():
         row(df, group="cross")
     with pytest.raises(KeyError, match="no column 'sise'.*group, size, bleu"):
         row(df, sise="L")
+
+
+def test_progress_reads_the_grid_from_its_checkpoints_alone(tmp_path, monkeypatch, capsys):
+    """`python -m ffattn progress`: the states of a grid's students from their checkpoints'
+    histories, nothing trained or prepared (no teacher: it says so)."""
+    from ffattn import experiments
+    from ffattn.__main__ import main
+    from ffattn.config import get_config
+    from ffattn.files import save_atomic
+    monkeypatch.setenv("FFATTN_RUNS", str(tmp_path))
+    cfg = get_config("tiny")
+    assert main(["progress", "--preset", "tiny"]) == 0
+    assert "no teacher yet" in capsys.readouterr().out and not any(tmp_path.iterdir())  # nothing trained
+
+    run = cfg.run_dir()
+    folder = run / f"distill-{cfg.distill_key()}"
+    save_atomic({"epoch": 5}, run / "teacher.pt")
+
+    def history(n):
+        return [{"epoch": i + 1, "steps": 10, "seconds": 2.0, "heldout_mse": 1.0 / (i + 1)} for i in range(n)]
+    save_atomic({"distill_key": cfg.distill_key(), "finished": True, "stopped": "plateau", "history": history(3)},
+                folder / "students" / "encoder-0-ALR-L.pt")
+    save_atomic({"distill_key": cfg.distill_key(), "finished": False, "history": history(2)},
+                folder / "students" / "decoder-1-ALR-M.pt")
+    save_atomic({"distill_key": "another", "finished": True, "history": history(1)},
+                folder / "students" / "cross-0-ALR-S.pt")
+    (folder / "eval").mkdir()
+    (folder / "eval" / "encoder-ALR-L.test-beam1.json").write_text("{}")
+    df = experiments.grid_progress(cfg)
+    state = df.set_index("student").state
+    assert (state["encoder-0-ALR-L"], state["decoder-1-ALR-M"], state["cross-0-ALR-S"]) == (
+        "finished", "started", "other settings")
+    assert len(df) == 56 and (state == "waiting").sum() == 53
+    assert df.set_index("student").loc["encoder-0-ALR-L", "heldout_mse"] == pytest.approx(1 / 3)
+    text = report.progress_report(df, cfg)
+    assert "teacher: 5 of 5 epochs" in text
+    assert "1 of 56 students finished (1 on the plateau rule, 0 at the cap of 5 epochs); 6 epochs recorded" in text
+    assert "started: 1 (decoder-1-ALR-M after 2); at most 3 epochs left to them, 0.0 h" in text
+    assert "waiting: 53 (" in text and "and 45 more)" in text
+    assert "other distillation settings (a run would stop on them; delete them): cross-0-ALR-S" in text
+    assert "cells scored on the test split: 1 of 33" in text
+    assert "| encoder | 1 | 0 | 31 | 0 | 32 |" in text  # finished, started, waiting, other settings, all
+    assert main(["progress", "--preset", "tiny"]) == 0 and capsys.readouterr().out.strip() == text
