@@ -229,9 +229,14 @@ def _study(cfg, args):
 
 
 def _progress(cfg, args):
+    from .budget import study_progress
     from .experiments import grid_progress
-    from .report import progress_report
-    print(progress_report(grid_progress(cfg), cfg))
+    from .report import progress_report, to_markdown
+    df = grid_progress(cfg)
+    print(progress_report(df, cfg))
+    if df.attrs["teacher_epochs"] is not None:
+        print("\nchapter 8's points (`study`; the whole split's and the grid's own setting are the grid's cells):\n")
+        print(to_markdown(study_progress(cfg), floatfmt=".2f"))
 
 
 def _bundle_args(p):
@@ -296,7 +301,8 @@ def _extra_commands() -> dict:
                       "batch sizes (under torchrun shared out among the ranks), print its tables; the chapter "
                       "then reads every point from the cache", _study_args, _study),
             "progress": ("how far the grid of a config has got in the cache (safe beside a run, even a "
-                         "running one): students finished, started and waiting, epochs and hours recorded",
+                         "running one): students finished, started and waiting, epochs and hours recorded, and "
+                         "the same for chapter 8's points",
                          lambda p: None, _progress),
             "bundle": ("pack the trained teacher, grid and budget study of a config into one archive "
                        "(weights only) for a workshop", _bundle_args, _bundle),

@@ -223,3 +223,22 @@ def plot_batches(curves: pd.DataFrame, axes=None):
     np.atleast_1d(axes)[0].set_ylabel("held-out MSE (log scale)")
     np.atleast_1d(axes)[0].legend(fontsize=7)
     return axes
+
+
+def study_progress(cfg, sentences=SENTENCES, settings=BATCHES, cells=CELLS, batch_cells=BATCH_CELLS) -> pd.DataFrame:
+    """How far chapter 8's points have got in the cache (`experiments.grid_progress` of each):
+    one row per number of sentences and per batch setting (the whole split's point and the
+    grid's own setting are the grid's cells, not listed), with its students by state, the
+    epochs and hours of training steps recorded."""
+    points = [(f"{n:,} sentences", cfg.replace(distill_sentences=n), cells) for n in dict.fromkeys(sentences) if n]
+    points += [(f"batch {b}, lr x{f:g}", batch_config(cfg, b, f), batch_cells) for b, f in settings]
+    rows = []
+    for label, c, wanted in points:
+        chosen = [x for x in experiments.grid(c) if x.trained and (x.group, x.scheme, x.size) in set(wanted)]
+        df = experiments.grid_progress(c, chosen)
+        counts = df.state.value_counts()
+        rows.append({"point": label, "cells": len(chosen), "students": len(df),
+                     **{k: int(counts.get(k, 0)) for k in ("finished", "started", "waiting")},
+                     "epochs": int(df.epochs.sum()), "hours of steps": round(df.seconds.sum() / 3600, 2),
+                     "cells scored": df.attrs["cells_scored"]})
+    return pd.DataFrame(rows)

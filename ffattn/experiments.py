@@ -280,19 +280,20 @@ def budget_line(cfg: Config, n_train: int) -> str:
             f"{cfg.distill_batch}, {rule}; lr {cfg.lr_alr:g} (ALR), {cfg.lr_other:g} (others)")
 
 
-def grid_progress(cfg: Config):
+def grid_progress(cfg: Config, cells: list[Cell] | None = None):
     """Where the grid of `cfg` stands in the cache, read from its checkpoints' histories alone (no
     teacher, no data, no weights: safe beside a grid that is running, even one still training its
     teacher). One row per student: its state ("finished", "started", "waiting", or "other settings"
     for a checkpoint of another distillation key), epochs, optimiser steps, seconds of training
     steps, last held-out MSE and why it stopped; `df.attrs` has the teacher's epochs (None when
-    it has none yet), the cells scored on the test split and the folders read."""
+    it has none yet), the cells scored on the test split and the folders read. `cells`: a part
+    of the grid (the budget study's), by default all of it."""
     import pandas as pd
     run_dir = cfg.run_dir()
     folder = run_dir / f"distill-{cfg.distill_key()}"
     path = run_dir / "teacher.pt"
     teacher_epochs = load_checkpoint(path, mmap=True)["epoch"] if path.exists() else None
-    cells = grid(cfg)
+    cells = cells if cells is not None else grid(cfg)
     rows = []
     for s in sorted({s for c in cells if c.trained for s in c.students}, key=lambda s: s.name):
         row = {"student": s.name, "where": s.where, "layer": s.layer, "scheme": s.scheme, "size": s.size,

@@ -137,4 +137,16 @@ def test_progress_reads_the_grid_from_its_checkpoints_alone(tmp_path, monkeypatc
     assert "other distillation settings (a run would stop on them; delete them): cross-0-ALR-S" in text
     assert "cells scored on the test split: 1 of 33" in text
     assert "| encoder | 1 | 0 | 31 | 0 | 32 |" in text  # finished, started, waiting, other settings, all
-    assert main(["progress", "--preset", "tiny"]) == 0 and capsys.readouterr().out.strip() == text
+    # chapter 8's points: each under its own key, only the study's cells
+    from ffattn import budget
+    few = cfg.replace(distill_sentences=1000)
+    save_atomic({"distill_key": few.distill_key(), "finished": True, "stopped": "cap", "history": history(5)},
+                run / f"distill-{few.distill_key()}" / "students" / "encoder-1-ELR-M.pt")
+    study = budget.study_progress(cfg).set_index("point")
+    assert list(study.index) == ["1,000 sentences", "3,000 sentences", "10,000 sentences", "batch 512, lr x1",
+                                 "batch 512, lr x2"]
+    assert study.loc["1,000 sentences", ["cells", "students", "finished", "waiting", "epochs"]].tolist() == [11, 22, 1, 21, 5]
+    assert study.loc["batch 512, lr x2", ["cells", "students", "finished"]].tolist() == [4, 8, 0]
+    assert main(["progress", "--preset", "tiny"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(text) and "| 1,000 sentences | 11 | 22 | 1 | 0 | 21 | 5 | 0.00 | 0 |" in out
