@@ -5,10 +5,10 @@
     python benchmarks/bench_memory.py --preset small          # one process, as on Colab
 
 Each rank distils the largest group of students that learn from one recording: encoder layer
-`rank`'s ALR and ASLR students, XS to L (eight; 3.6 GB of weights, Adam state and best-epoch
-copies at `small`), as the grid's two ranks held two such groups at once on 6 Dec. One epoch
-on the first `--sentences` training sentences (the memory does not depend on how many), in a
-scratch copy of the cache, so the real cache keeps its students. Every process samples its own
+`rank`'s ALR and ASLR students, XS to L (eight; 4.5 GB at `distill.BYTES_PER_PARAM`), as the grid's two ranks held two such groups at once on 6 Dec. Two epochs
+(from the second on, a student also keeps its best weights) on the first `--sentences` training
+sentences (the memory does not depend on how many), in a scratch copy of the cache, so the
+real cache keeps its students. Every process samples its own
 anonymous memory (RssAnon: its own pages, what the limit is about) and reads its peak RSS
 (VmHWM: that plus the pages of the memory-mapped recording it touched, which the kernel can
 drop); rank 0 prints both summed over the ranks (torchrun's launcher, about 0.15 GB, not
@@ -70,21 +70,26 @@ def main(argv=None) -> int:
     p.add_argument("--preset", default="small")
     p.add_argument("--memory-gb", type=float, default=None,
                    help="distill_memory_gb for the machine (default: the preset's; 0: no limit)")
-    p.add_argument("--sentences", type=int, default=2000, help="training sentences of the one epoch (default 2000)")
+    p.add_argument("--sentences", type=int, default=2000, help="training sentences of each epoch (default 2000)")
+    p.add_argument("--epochs", type=int, default=2,
+                   help="epochs (default 2: from the second on, a student also keeps its best weights)")
     args = p.parse_args(argv)
     if args.sentences <= 0:
         p.error(f"--sentences {args.sentences}: give a positive number of sentences")
+    if args.epochs <= 0:
+        p.error(f"--epochs {args.epochs}: give a positive number of epochs")
     if args.memory_gb is not None and args.memory_gb < 0:
         p.error(f"--memory-gb {args.memory_gb}: give 0 (no limit) or more")
 
     from ffattn import distributed as dd
     from ffattn import experiments
     from ffattn.config import get_config
-    from ffattn.distill import BYTES_PER_PARAM, training_bytes, turns
+    from ffattn.distill import BYTES_PER_PARAM, memory_share, training_bytes, turns
 
     dd.init()
     over = {"distill_memory_gb": args.memory_gb} if args.memory_gb is not None else {}
-    cfg = get_config(args.preset, distill_sentences=args.sentences, distill_epochs=1, distill_patience=0, **over)
+    cfg = get_config(args.preset, distill_sentences=args.sentences, distill_epochs=args.epochs, distill_patience=0,
+                     **over)
     if dd.world() > cfg.n_enc:
         p.error(f"{dd.world()} ranks: one encoder layer each, and {args.preset} has {cfg.n_enc}")
     with dd.main_first():  # rank 0 trains the teacher and records it if the cache lacks them
@@ -98,7 +103,7 @@ def main(argv=None) -> int:
     try:
         tm = experiments.teacher(cfg, progress=False)
         mine = group(dd.rank())
-        limit = cfg.distill_memory_gb * 1e9 / dd.local_world()
+        limit = memory_share(cfg, dd.device())
         plan = turns(mine, [training_bytes(s, cfg) for s in mine], limit)
         peak = PeakAnon()
         before_kb = _status_kb("RssAnon")
@@ -120,7 +125,7 @@ def main(argv=None) -> int:
               + "; ".join(", ".join(f"{s.scheme}-{s.size}" for s in turn) for turn in plan))
         print(f"peak anonymous memory summed over the ranks: {summed[0]:.2f} GB "
               f"(before the students: {summed[2]:.2f} GB); peak RSS summed: {summed[1]:.2f} GB; "
-              f"one epoch of {args.sentences} sentences: {summed[3] / dd.world():.0f} s a rank on average")
+              f"{args.epochs} epoch(s) of {args.sentences} sentences: {summed[3] / dd.world():.0f} s a rank on average")
     dd.close()
     return 0
 

@@ -229,11 +229,18 @@ def study_progress(cfg, sentences=SENTENCES, settings=BATCHES, cells=CELLS, batc
     """How far chapter 8's points have got in the cache (`experiments.grid_progress` of each):
     one row per number of sentences and per batch setting (the whole split's point and the
     grid's own setting are the grid's cells, not listed), with its students by state, the
-    epochs and hours of training steps recorded."""
-    points = [(f"{n:,} sentences", cfg.replace(distill_sentences=n), cells) for n in dict.fromkeys(sentences) if n]
-    points += [(f"batch {b}, lr x{f:g}", batch_config(cfg, b, f), batch_cells) for b, f in settings]
-    rows = []
+    epochs and hours of training steps recorded. Without the data it cannot know the size of
+    the training split: a number of sentences above it shows as waiting (`study` trains it as
+    the whole split); with `train_limit` set, that is the size."""
+    limit = cfg.train_limit or float("inf")
+    points = [(f"{n:,} sentences", cfg.replace(distill_sentences=0 if n >= limit else n), cells)
+              for n in dict.fromkeys(sentences)]
+    points += [(f"batch {b}, lr x{f:g}", batch_config(cfg, b, f), batch_cells) for b, f in dict.fromkeys(settings)]
+    rows, seen = [], {cfg.distill_key()}  # the grid's own point: its cells are the grid's
     for label, c, wanted in points:
+        if c.distill_key() in seen:
+            continue
+        seen.add(c.distill_key())
         chosen = [x for x in experiments.grid(c) if x.trained and (x.group, x.scheme, x.size) in set(wanted)]
         df = experiments.grid_progress(c, chosen)
         counts = df.state.value_counts()
@@ -241,4 +248,5 @@ def study_progress(cfg, sentences=SENTENCES, settings=BATCHES, cells=CELLS, batc
                      **{k: int(counts.get(k, 0)) for k in ("finished", "started", "waiting")},
                      "epochs": int(df.epochs.sum()), "hours of steps": round(df.seconds.sum() / 3600, 2),
                      "cells scored": df.attrs["cells_scored"]})
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=["point", "cells", "students", "finished", "started", "waiting", "epochs",
+                                       "hours of steps", "cells scored"])

@@ -99,10 +99,12 @@ class Config:
                                 "with AVX512-BF16, far slower on a CPU without it; see the README). Held-out MSE "
                                 "and BLEU are always computed in fp32")
     distill_memory_gb: float = _f(0.0, "distill", "most memory in GB that the students trained at once may hold on "
-                                  "this machine, shared among its torchrun processes: 16 bytes a parameter (weights, "
-                                  "Adam's moments, the best epoch's copy); students of one recording beyond it train in "
-                                  "turns, each reading the recording again (on the fly: running the teacher again). "
-                                  "0: no limit. The same students either way: a memory setting, outside the key")
+                                  "this machine (on a GPU, per device), shared among its torchrun processes: 20 bytes "
+                                  "a parameter, as measured (weights, Adam's moments, the best epoch's copy, "
+                                  "the allocator's overhead); students of one "
+                                  "recording beyond it train in turns, each reading the recording again (on the fly: "
+                                  "running the teacher again), and a larger student trains alone. 0: no limit. The "
+                                  "same students either way: a memory setting, outside the key")
     lr_alr: float = _f(1e-3, "distill", "constant learning rate of ALR students (paper: 1e-4 over far more steps)")
     lr_other: float = _f(1e-3, "distill", "constant learning rate of ALRR, ASLR, ELR (paper)")
     # fine-tune (beyond the paper; its own key, so the teacher and the students never depend on it)
@@ -202,8 +204,8 @@ PRESET_VALUES = {
     # faster (benchmarks/bench_compile.py --grid); at tiny compiling was slower overall, so it is off.
     # Its students stay fp32: bf16 steps ran only 1.24-1.34x faster at L here (1.9x at ELR-M),
     # and far slower on a CPU without native bfloat16 (2.6x with AVX-512, 200x with AVX2; README).
-    # One process trains a layer's eight ALR/ASLR students (3.6 GB) at once; two torchrun ranks
-    # take them in turns of at most 2.5 GB each, so the grid stays under 10 GB (README).
+    # One process trains a layer's eight ALR/ASLR students (4.5 GB) at once; two torchrun ranks
+    # take them in turns of at most 2.5 GB each (bench_memory.py's peaks are in the README).
     "small": dict(vocab_size=5000, d_model=128, n_heads=8, d_ff=512, n_enc=3, n_dec=3,
                   dropout=0.1, epochs=12, warmup=800, lr_factor=1.0, valid_bleu_sentences=300, distill_epochs=12,
                   distill_compile="causal", distill_memory_gb=5.0),

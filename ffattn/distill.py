@@ -372,8 +372,9 @@ def train_students(teacher, students: list[Student], rec_train: Recording, rec_v
     Students that learn from the same recording share each batch; each has its own Adam, stops
     on its own (`stop_reason` on its held-out MSE after every epoch) and is checkpointed after
     every epoch in `folder/<name>.pt`, so an interrupted run resumes. Only one recording's
-    students are in memory at a time, and of them at most `distill_memory_gb` (this process's
-    share of it) in one turn; the caller loads finished ones with `load_student`.
+    students are in memory at a time, and of them at most this process's share of
+    `distill_memory_gb` in one turn (a larger student trains alone); the caller loads finished
+    ones with `load_student`. A checkpoint of other settings is refused before anything trains.
     """
     folder = Path(folder)
     rec_train.device = rec_valid.device = device = next(teacher.parameters()).device
@@ -385,25 +386,41 @@ def train_students(teacher, students: list[Student], rec_train: Recording, rec_v
     groups: dict = {}
     for s in students:
         groups.setdefault(s.source, []).append(s)
-    limit = cfg.distill_memory_gb * 1e9 / dd.local_world()  # this process's share of the machine
+    limit = memory_share(cfg, device)
     for source, members in groups.items():
         # each student under its own lock: another process asking for it waits, then loads it
         with locks([folder / f"{s.name}.pt" for s in members], f"the students of {_name(source)}"):
             todo = []
             for s in members:
-                done = finished_history(s, cfg, folder)
-                if done is None:
+                path = folder / f"{s.name}.pt"
+                ck = load_checkpoint(path, mmap=True) if path.exists() else {}  # no weights read
+                if ck and ck.get("distill_key") != cfg.distill_key():
+                    raise ValueError(f"{path} was trained under other distillation settings; delete it")
+                if ck.get("finished"):  # finished: its history only
+                    out[s] = ck["history"]
+                else:
                     todo.append(s)
-                else:  # finished: its history only, no weights
-                    out[s] = done
-            for turn in turns(todo, [training_bytes(s, cfg) for s in todo], limit):
-                _train_group(teacher, source, turn, rec_train, rec_valid, cfg, folder, progress, out)
+                del ck
+            plan = turns(todo, [training_bytes(s, cfg) for s in todo], limit)
+            for k, turn in enumerate(plan):
+                _train_group(teacher, source, turn, rec_train, rec_valid, cfg, folder, progress, out,
+                             f" turn {k + 1} of {len(plan)}" if len(plan) > 1 else "")
     return out
 
 
-# Bytes a student holds while it trains, per parameter: fp32 weights, Adam's two moments and
-# the best epoch's copy (its gradients come and go within a step). Measured at `small`: 16-17.
-BYTES_PER_PARAM = 16
+# Bytes a student holds while it trains, per parameter: 16 counted (fp32 weights, Adam's two
+# moments and, from its second epoch, a copy of its best weights; gradients are freed after each
+# step, so only the stepping student holds them) and 20 measured at `small` (bench_memory.py:
+# the stepping student's gradients, the allocator's own overhead); the limit uses the measure.
+BYTES_PER_PARAM = 20
+
+
+def memory_share(cfg, device=None) -> float:
+    """Bytes of students this process may train at once: `distill_memory_gb` (0: no limit),
+    divided among the processes of this machine on a CPU (they share its memory; on GPUs each
+    process has its own device, and the limit is per device)."""
+    on_cpu = device is None or torch.device(device).type == "cpu"
+    return cfg.distill_memory_gb * 1e9 / (dd.local_world() if on_cpu else 1)
 
 
 def training_bytes(s: Student, cfg) -> int:
@@ -475,15 +492,17 @@ def _compiled(cfg, module) -> bool:
         cfg.distill_compile == "causal" and isinstance(module, (CausalFFSelfAttention, CausalFFCrossAttention)))
 
 
-def _train_group(teacher, source, members, rec_train, rec_valid, cfg, folder, progress, out) -> None:
+def _train_group(teacher, source, members, rec_train, rec_valid, cfg, folder, progress, out, turn="") -> None:
     """Train `members`, unfinished students that all learn from `source`, side by side into `out`."""
+    if not members:
+        return
     state = {}
     for s in members:
         state[s] = _load_state(teacher, s, cfg, folder)
         state[s]["loss"] = step_loss(state[s]["module"], _compiled(cfg, state[s]["module"]))
     todo = list(members)
     valid = _batches(rec_valid, source)
-    bar = tqdm(desc=f"distilling {_name(source)} ({', '.join(s.where + ' ' + s.scheme + '-' + s.size for s in todo)})",
+    bar = tqdm(desc=f"distilling {_name(source)}{turn} ({', '.join(s.where + ' ' + s.scheme + '-' + s.size for s in todo)})",
                total=cfg.distill_epochs, initial=min(state[s]["epoch"] for s in todo),
                unit="epoch", disable=not progress, leave=False)
     active = list(todo)
@@ -507,9 +526,9 @@ def _train_group(teacher, source, members, rec_train, rec_valid, cfg, folder, pr
                 st = state[s]
                 with autocast(cfg.distill_precision, b["x"].device, cpu_bf16=True):
                     loss = st["loss"](b["x"], b["x_pad"], b["memory"], b["memory_pad"], b["target"])
-                st["opt"].zero_grad(set_to_none=True)
                 loss.backward()
                 st["opt"].step()
+                st["opt"].zero_grad(set_to_none=True)  # freed now, not at the next step: one student's at a time
                 seconds[s] += time.perf_counter() - t0
                 losses[s][0] += loss.item()
                 losses[s][1] += 1

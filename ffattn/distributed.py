@@ -37,8 +37,11 @@ def world() -> int:
 
 
 def local_world() -> int:
-    """Processes of this job on this machine (torchrun's LOCAL_WORLD_SIZE): they share its memory."""
-    return int(os.environ.get("LOCAL_WORLD_SIZE", "1")) if active() else 1
+    """Processes of this job on this machine (torchrun's LOCAL_WORLD_SIZE): they share its memory.
+    Under a launcher that does not say, all of them (the safe side of a memory limit)."""
+    if not active():
+        return 1
+    return int(os.environ.get("LOCAL_WORLD_SIZE", world()))
 
 
 def is_main() -> bool:

@@ -283,8 +283,8 @@ def budget_line(cfg: Config, n_train: int) -> str:
 def grid_progress(cfg: Config, cells: list[Cell] | None = None):
     """Where the grid of `cfg` stands in the cache, read from its checkpoints' histories alone (no
     teacher, no data, no weights: safe beside a grid that is running, even one still training its
-    teacher). One row per student: its state ("finished", "started", "waiting", or "other settings"
-    for a checkpoint of another distillation key), epochs, optimiser steps, seconds of training
+    teacher). One row per student: its state ("finished", "started", "waiting", "other settings"
+    for a checkpoint of another distillation key, or "damaged"), epochs, optimiser steps, seconds of training
     steps, last held-out MSE and why it stopped; `df.attrs` has the teacher's epochs (None when
     it has none yet), the cells scored on the test split and the folders read. `cells`: a part
     of the grid (the budget study's), by default all of it."""
@@ -300,8 +300,11 @@ def grid_progress(cfg: Config, cells: list[Cell] | None = None):
                "state": "waiting", "epochs": 0, "steps": 0, "seconds": 0.0, "heldout_mse": float("nan"),
                "stopped": None}
         ck_path = folder / "students" / f"{s.name}.pt"
-        if ck_path.exists():
-            ck = load_checkpoint(ck_path, mmap=True)
+        try:
+            ck = load_checkpoint(ck_path, mmap=True) if ck_path.exists() else None
+        except RuntimeError:  # damaged: a run would stop on it with the same message
+            ck, row["state"] = None, "damaged"
+        if ck is not None:
             h = ck.get("history", [])
             row.update(epochs=len(h), steps=sum(e["steps"] for e in h), seconds=sum(e["seconds"] for e in h),
                        heldout_mse=h[-1]["heldout_mse"] if h else float("nan"), stopped=ck.get("stopped"),
@@ -309,7 +312,8 @@ def grid_progress(cfg: Config, cells: list[Cell] | None = None):
                        "finished" if ck.get("finished") else "started")
             del ck
         rows.append(row)
-    df = pd.DataFrame(rows)
+    df = pd.DataFrame(rows, columns=["student", "where", "layer", "scheme", "size", "state", "epochs", "steps",
+                                     "seconds", "heldout_mse", "stopped"])
     df.attrs.update(teacher_epochs=teacher_epochs, run_dir=str(run_dir), distill_dir=str(folder),
                     cells=len(cells), cells_scored=sum((folder / "eval" / f"{c.name}.test-beam{cfg.beam}.json").exists()
                                                       for c in cells))

@@ -110,9 +110,9 @@ def progress_report(df: pd.DataFrame, cfg) -> str:
         return "\n".join(lines + ["no teacher yet: nothing of the grid can have started"])
     lines.append(f"teacher: {a['teacher_epochs']} of {cfg.epochs} epochs"
                  + (" (training)" if a["teacher_epochs"] < cfg.epochs else ""))
-    states = ("finished", "started", "waiting", "other settings")
-    counts = df.pivot_table(index="where", columns="state", values="student", aggfunc="count", fill_value=0)
-    counts = counts.reindex(columns=[s for s in states if s in counts.columns or s != "other settings"], fill_value=0)
+    states = ("finished", "started", "waiting", "other settings", "damaged")
+    counts = pd.crosstab(df["where"], df.state)
+    counts = counts.reindex(columns=[s for s in states if s in counts.columns or s in states[:3]], fill_value=0)
     lines += ["", "| students | " + " | ".join(counts.columns) + " | all |", "|---" * (len(counts.columns) + 2) + "|"]
     for where, row in counts.iterrows():
         lines.append(f"| {where} | " + " | ".join(str(v) for v in row) + f" | {row.sum()} |")
@@ -126,15 +126,16 @@ def progress_report(df: pd.DataFrame, cfg) -> str:
         left = (cfg.distill_epochs - started.epochs).clip(lower=0)
         pace = started.seconds / started.epochs.clip(lower=1)
         lines.append(f"started: {len(started)} ({_some(f'{r.student} after {r.epochs}' for r in started.itertuples())}); "
-                     f"at most {left.sum()} epochs left to them, {(left * pace).sum() / 3600:.1f} h of steps at "
-                     "their own pace so far, shared among the processes (less where the plateau rule stops them)")
+                     f"at most {left.sum()} epochs left to them, {(left * pace).sum() / 3600:.1f} h of training "
+                     "steps at their own pace so far (held-out scoring and loading not counted; less where the "
+                     "plateau rule stops them), shared among the processes")
     waiting = df[df.state == "waiting"]
     if len(waiting):
         lines.append(f"waiting: {len(waiting)} ({_some(waiting.student)})")
-    stale = df[df.state == "other settings"]
+    stale = df[df.state.isin(["other settings", "damaged"])]
     if len(stale):
-        lines.append(f"trained under other distillation settings (a run would stop on them; delete them): "
-                     f"{', '.join(stale.student)}")
+        lines.append(f"trained under other distillation settings or damaged (a run would stop on them; delete "
+                     f"them): {', '.join(stale.student)}")
     lines.append(f"cells scored on the test split: {a['cells_scored']} of {a['cells']}")
     return "\n".join(lines)
 

@@ -197,23 +197,31 @@ def test_bf16_students_are_keyed_compute_in_bfloat16_and_learn_as_fp32_ones(gene
     assert got["bf16"] < 0.5 * floor
 
 
-def test_turns_pack_students_under_the_limit_largest_first():
+def test_turns_pack_students_under_the_limit_largest_first(monkeypatch):
     from ffattn.config import get_config
-    from ffattn.distill import BYTES_PER_PARAM, training_bytes, turns
-    from ffattn.replace import count_params
+    from ffattn import distributed as dd
+    from ffattn.distill import BYTES_PER_PARAM, memory_share, training_bytes, turns
+    from ffattn.model import Transformer
     assert turns(list("abcd"), [4, 1, 3, 2], 0) == [list("abcd")]  # no limit: one turn
     assert turns([], [], 5) == []
     got = turns(list("abcde"), [4, 1, 3, 2, 9], 5)
     assert got == [["e"], ["a", "b"], ["c", "d"]]  # e alone (above the limit), then first fit, largest first
     assert sorted(x for t in got for x in t) == list("abcde")
+    tiny = get_config("tiny")
+    teacher = Transformer.from_config(tiny, 100, 100)
+    for s in (Student("encoder", 0, "ASLR", "L"), Student("cross_causal", 1, "ALR", "M")):  # the modules' own count
+        module = new_student(teacher, s, tiny.max_len)
+        trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
+        assert training_bytes(s, tiny) == BYTES_PER_PARAM * trainable
     cfg = get_config("small")
     layer = [Student("encoder", 0, sc, sz) for sc in ("ALR", "ASLR") for sz in ("XS", "S", "M", "L")]
     sizes = [training_bytes(s, cfg) for s in layer]
-    assert sizes[3] == BYTES_PER_PARAM * count_params("ALR", "L", cfg.max_len, cfg.d_model, cfg.n_heads)
-    assert sizes[7] == BYTES_PER_PARAM * count_params("ASLR", "L", cfg.max_len, cfg.d_model, cfg.n_heads)
     assert len(turns(layer, sizes, cfg.distill_memory_gb * 1e9)) == 1  # one process at small: one turn
     for t in turns(layer, sizes, cfg.distill_memory_gb * 1e9 / 2):  # two ranks: each turn within its share
         assert sum(training_bytes(s, cfg) for s in t) <= 2.5e9
+    assert memory_share(cfg) == 5e9 and memory_share(get_config("tiny")) == 0  # one process; tiny: no limit
+    monkeypatch.setattr(dd, "local_world", lambda: 2)
+    assert memory_share(cfg, "cpu") == 2.5e9 and memory_share(cfg, "cuda") == 5e9  # shared on a CPU, per GPU
 
 
 def test_students_trained_in_turns_equal_those_trained_side_by_side(general_teacher, tmp_path, monkeypatch):
@@ -236,6 +244,13 @@ def test_students_trained_in_turns_equal_those_trained_side_by_side(general_teac
         distill.train_students(t.model, pair, rec_train, rec_valid, cfg, tmp_path / str(gb), progress=False)
         weights[gb] = {s: distill.load_student(t.model, s, cfg, tmp_path / str(gb))[0].state_dict() for s in pair}
     assert calls[0] == [s.name for s in pair] and sorted(calls[1:]) == [[s.name] for s in pair]
+    # a checkpoint of other settings is refused before any turn trains, not when its turn comes
+    from ffattn.files import save_atomic
+    save_atomic({"distill_key": "another", "finished": False, "history": []}, tmp_path / "stale" / f"{pair[1].name}.pt")
+    calls.clear()
+    with pytest.raises(ValueError, match=f"{pair[1].name}.pt was trained under other distillation settings"):
+        distill.train_students(t.model, pair, rec_train, rec_valid, cfg, tmp_path / "stale", progress=False)
+    assert calls == []
     for s in pair:
         for k, v in weights[0][s].items():
             torch.testing.assert_close(weights[1e-6][s][k], v, rtol=0, atol=0)

@@ -103,22 +103,22 @@ GRID = textwrap.dedent("""
 
 
 def test_the_grid_across_two_ranks_equals_one_process(tmp_path, monkeypatch):
-    """Students and cells shared out by cost among two ranks: the same rows as one process
-    (the ranks train their students in turns under a memory limit: the same students)."""
+    """Students and cells shared out by cost among two ranks: the same rows as one process, the
+    ranks under a memory limit that lets no two students train side by side."""
     cfg = get_config("tiny", **MICRO)
     one, two = tmp_path / "one", tmp_path / "two"
     with monkeypatch.context() as mp:
         mp.setenv("FFATTN_RUNS", str(one))
         experiments.teacher(cfg, progress=False)  # one teacher for both, so only the grid differs
     shutil.copytree(one / cfg.run_dir().name, two / cfg.run_dir().name)
-    cells = "encoder-ALR-M,encoder-ELR-S,decoder-ALR-M,encoder-ALR-M-untrained"
+    cells = "encoder-ALR-M,encoder-ASLR-XS,encoder-ELR-S,decoder-ALR-M,encoder-ALR-M-untrained"
     script = tmp_path / "grid.py"
     script.write_text(GRID)
     rows_one = _run([sys.executable, str(script), json.dumps(MICRO), cells], one).stdout
     rows_two = _run(TORCHRUN + [str(script), json.dumps({**MICRO, "distill_memory_gb": 1e-6}), cells], two).stdout
     assert json.loads(rows_one.strip().splitlines()[-1]) == json.loads(rows_two.strip().splitlines()[-1])
     students = sorted(p.name for p in (two / cfg.run_dir().name).rglob("students/*.pt"))
-    assert students == ["decoder-0-ALR-M.pt", "encoder-0-ALR-M.pt", "encoder-0-ELR-S.pt"]
+    assert students == ["decoder-0-ALR-M.pt", "encoder-0-ALR-M.pt", "encoder-0-ASLR-XS.pt", "encoder-0-ELR-S.pt"]
 
 
 def test_not_launched_means_not_distributed(monkeypatch):

@@ -121,22 +121,24 @@ def test_progress_reads_the_grid_from_its_checkpoints_alone(tmp_path, monkeypatc
                 folder / "students" / "decoder-1-ALR-M.pt")
     save_atomic({"distill_key": "another", "finished": True, "history": history(1)},
                 folder / "students" / "cross-0-ALR-S.pt")
+    (folder / "students" / "encoder-1-ELR-XS.pt").write_bytes(b"not a checkpoint")
     (folder / "eval").mkdir()
     (folder / "eval" / "encoder-ALR-L.test-beam1.json").write_text("{}")
     df = experiments.grid_progress(cfg)
     state = df.set_index("student").state
     assert (state["encoder-0-ALR-L"], state["decoder-1-ALR-M"], state["cross-0-ALR-S"]) == (
         "finished", "started", "other settings")
-    assert len(df) == 56 and (state == "waiting").sum() == 53
+    assert len(df) == 56 and (state == "waiting").sum() == 52 and state["encoder-1-ELR-XS"] == "damaged"
     assert df.set_index("student").loc["encoder-0-ALR-L", "heldout_mse"] == pytest.approx(1 / 3)
     text = report.progress_report(df, cfg)
     assert "teacher: 5 of 5 epochs" in text
     assert "1 of 56 students finished (1 on the plateau rule, 0 at the cap of 5 epochs); 6 epochs recorded" in text
     assert "started: 1 (decoder-1-ALR-M after 2); at most 3 epochs left to them, 0.0 h" in text
-    assert "waiting: 53 (" in text and "and 45 more)" in text
-    assert "other distillation settings (a run would stop on them; delete them): cross-0-ALR-S" in text
+    assert "waiting: 52 (" in text and "and 44 more)" in text
+    assert "other distillation settings or damaged (a run would stop on them; delete them): cross-0-ALR-S, " \
+           "encoder-1-ELR-XS" in text
     assert "cells scored on the test split: 1 of 33" in text
-    assert "| encoder | 1 | 0 | 31 | 0 | 32 |" in text  # finished, started, waiting, other settings, all
+    assert "| encoder | 1 | 0 | 30 | 0 | 1 | 32 |" in text  # finished, started, waiting, other settings, damaged, all
     # chapter 8's points: each under its own key, only the study's cells
     from ffattn import budget
     few = cfg.replace(distill_sentences=1000)
