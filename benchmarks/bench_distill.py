@@ -17,23 +17,33 @@ both cross-attention forms at L, on the cached teacher of a preset:
   runs each student's epoch in both, one after the other, and prints the speed ratio; so does
   `--batch 128 512` for batch sizes (an epoch at a larger batch is fewer, taller steps: the same
   sentences, but not the same training; chapter 8 measures what it does to the students).
+- several processes: `--ranks 2` then shares the same students out by their counted FLOPs
+  among 2 one-thread processes running at once, as `make edition` and `torchrun` run the grid
+  (`OMP_NUM_THREADS=1`), each training its share's epochs one after another, and gives the
+  machine's achieved rate: all the FLOPs over the wall time from the common start to the last
+  process's end, against the same square matmul (all threads) as the one-process figures.
 
     python benchmarks/bench_distill.py --preset tiny [--batch 128 512] [--precision fp32 bf16]
-        [--compile causal] [--students 'encoder ALR-L,decoder ALR-L'] [--out bench_distill.json]
+        [--compile causal] [--students 'encoder ALR-L,decoder ALR-L'] [--ranks 2] [--out bench_distill.json]
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
+import subprocess
+import sys
 import tempfile
 import time
+from pathlib import Path
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from ffattn import experiments
 from ffattn.config import get_config
+from ffattn.distributed import balanced
 from ffattn.distill import Student, _adam, epoch_batches, masked_mse, new_student, train_students
 from ffattn.estimate import matmul_gflops
 
@@ -82,8 +92,15 @@ def main(argv=None):
                    help="distill_compile (default: the preset's)")
     p.add_argument("--students", default=None,
                    help="comma-separated names as printed, e.g. 'encoder ALR-L,decoder ALR-L'")
+    p.add_argument("--ranks", type=int, default=None,
+                   help="then the same students shared out among this many one-thread processes at once")
+    p.add_argument("--worker", default=None, help=argparse.SUPPRESS)  # K/R,DIR: one of --ranks' processes
     p.add_argument("--out", default=None, help="write the figures as JSON here")
     args = p.parse_args(argv)
+    if args.ranks is not None and args.ranks < 2:
+        p.error(f"--ranks {args.ranks}: give 2 or more processes (one process is the run without --ranks)")
+    if args.ranks and (len(args.batch or []) > 1 or len(args.precision or []) > 1):
+        p.error("--ranks takes one --batch and one --precision: the processes run one setting")
     if args.threads:
         torch.set_num_threads(args.threads)
     cfg = get_config(args.preset, pair=args.pair)
@@ -100,6 +117,9 @@ def main(argv=None):
     students = [s for s in STUDENTS if _label(s) in wanted]
     t = experiments.teacher(cfg, progress=False)
     rec_train, rec_valid = experiments.recordings(t, progress=False)
+    if args.worker:
+        return _worker(args.worker, t, students, rec_train, rec_valid, cfg.replace(
+            distill_precision=settings[0][0], distill_batch=settings[0][1]))
     peak = {"fp32": matmul_gflops("cpu", sizes=(2048, 4096))}
     if "bf16" in precisions:
         peak["bf16"] = matmul_gflops("cpu", sizes=(2048, 4096), dtype=torch.bfloat16)
@@ -141,15 +161,86 @@ def main(argv=None):
     for row in rows:
         row["ratio_epoch_best"] = row["gflops_epoch"] / best
         print(f"  {row['student']:22s} {row['precision']} b{row['batch']:<4d} {row['ratio_epoch_best']:4.0%}")
+    if args.ranks:
+        result_ranks = _ranks(args, argv, students, rows, best)
     result = {"preset": args.preset, "batches": batches, "sentences": len(rec_train),
               "compile": cfg.distill_compile, "threads": torch.get_num_threads(),
               "cpu": platform.processor() or platform.machine(), "torch": torch.__version__,
               "matmul_gflops": peak["fp32"], "matmul_gflops_bf16": peak.get("bf16"), "matmul_gflops_after": after,
               "students": rows}
+    if args.ranks:
+        result["ranks"] = result_ranks
     if args.out:
         with open(args.out, "w") as f:
             json.dump(result, f, indent=1)
     return result
+
+
+def _ranks(args, argv, students, rows, matmul: float) -> dict:
+    """The same students' epochs on `args.ranks` one-thread processes at once, shared out by FLOPs."""
+    flops = [next(r["tflop"] for r in rows if r["student"] == _label(s)) * 1e12 for s in students]
+    shares = [g for g in balanced(flops, args.ranks) if g]
+    own = _without(list(argv if argv is not None else sys.argv[1:]), "--ranks", "--students", "--threads", "--out")
+    with tempfile.TemporaryDirectory() as sync:
+        procs = []
+        for k, share in enumerate(shares):
+            names = ",".join(_label(students[i]) for i in share)
+            env = {**os.environ, "OMP_NUM_THREADS": "1"}
+            procs.append(subprocess.Popen([sys.executable, __file__, *own,
+                                           "--students", names, "--threads", "1",
+                                           "--worker", f"{k}/{len(shares)},{sync}"], env=env))
+        if any(proc.wait() for proc in procs):
+            raise SystemExit("bench_distill: a --ranks process failed (its error is above)")
+        done = [json.loads((Path(sync) / f"result.{k}.json").read_text()) for k in range(len(shares))]
+    wall = max(d["end"] for d in done) - min(d["start"] for d in done)
+    total = sum(flops)
+    one = sum(r["epoch_s"] for r in rows)  # one setting: a row a student
+    out = {"processes": len(shares), "threads_each": 1, "wall_s": wall, "tflop": total / 1e12,
+           "gflops": total / wall / 1e9, "ratio": total / wall / 1e9 / matmul,
+           "one_process_s": one, "per_process": done}
+    print(f"{len(shares)} one-thread processes at once ({'; '.join(', '.join(r['student'] for r in d['students']) for d in done)}): "
+          f"{total / 1e12:.2f} TFLOP in {wall:.1f} s = {out['gflops']:.0f} GFLOP/s = {out['ratio']:.0%} of the "
+          f"{matmul:.0f} GFLOP/s square matmul; one process of {torch.get_num_threads()} threads, the same "
+          f"epochs one after another: {one:.1f} s = {total / one / 1e9:.0f} GFLOP/s = {total / one / 1e9 / matmul:.0%}, "
+          f"so the processes ran at {one / wall:.2f}x its speed")
+    for d in done:
+        for r in d["students"]:
+            print(f"  process {d['process']}: {r['student']:22s} epoch {r['epoch_s']:6.1f} s (MSE {r['heldout_mse']:.4g})")
+    return out
+
+
+def _without(argv: list[str], *flags: str) -> list[str]:
+    """argv less the given flags and their values."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a in flags:
+            skip = True
+        elif not any(a.startswith(f + "=") for f in flags):
+            out.append(a)
+    return out
+
+
+def _worker(spec: str, t, students, rec_train, rec_valid, cfg) -> dict:
+    """One of --ranks' processes: wait for the others to be loaded, then its students' epochs in turn."""
+    who, sync = spec.split(",", 1)
+    k, n = map(int, who.split("/"))
+    sync = Path(sync)
+    (sync / f"ready.{k}").touch()
+    while len(list(sync.glob("ready.*"))) < n:
+        time.sleep(0.05)
+    start, rows = time.time(), []
+    for s in students:
+        with tempfile.TemporaryDirectory() as tmp:
+            t0 = time.perf_counter()
+            hist = train_students(t.model, [s], rec_train, rec_valid, cfg, tmp, progress=False)[s][0]
+            rows.append({"student": _label(s), "epoch_s": time.perf_counter() - t0, "heldout_mse": hist["heldout_mse"]})
+    done = {"process": k, "start": start, "end": time.time(), "threads": torch.get_num_threads(), "students": rows}
+    tmp = sync / f".result.{k}.json"
+    tmp.write_text(json.dumps(done))
+    tmp.replace(sync / f"result.{k}.json")
+    return done
 
 
 def _label(s: Student) -> str:

@@ -271,3 +271,20 @@ def test_the_memory_benchmark_takes_one_recordings_largest_group_and_names_bad_f
     for flag, said in (("--sentences=0", "--sentences 0"), ("--memory-gb=-1", "--memory-gb -1.0")):
         out = subprocess.run([sys.executable, str(bench / "bench_memory.py"), flag], capture_output=True, text=True)
         assert out.returncode == 2 and said in out.stderr and "Traceback" not in out.stderr, out.stderr
+
+
+def test_the_distill_benchmark_hands_its_processes_their_students_and_names_bad_rank_flags():
+    import subprocess
+    import sys
+    from pathlib import Path
+    bench = Path(__file__).resolve().parents[1] / "benchmarks"
+    sys.path.insert(0, str(bench))
+    try:
+        from bench_distill import _without
+    finally:
+        sys.path.remove(str(bench))
+    argv = ["--preset", "tiny", "--ranks", "2", "--students", "encoder ALR-L,encoder ELR-L", "--out=x.json", "--batch", "128"]
+    assert _without(argv, "--ranks", "--students", "--out") == ["--preset", "tiny", "--batch", "128"]
+    for flags, said in ((["--ranks", "1"], "--ranks 1"), (["--ranks", "2", "--batch", "128", "512"], "one --batch")):
+        out = subprocess.run([sys.executable, str(bench / "bench_distill.py"), *flags], capture_output=True, text=True)
+        assert out.returncode == 2 and said in out.stderr and "Traceback" not in out.stderr, out.stderr
