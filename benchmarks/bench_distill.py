@@ -4,10 +4,9 @@ For one student of each scheme at M and L (encoder ALR, ASLR, ALRR, ELR) and the
 both cross-attention forms at L, on the cached teacher of a preset:
 
 - FLOPs: every matmul of a training step (forward and backward) counted by
-  `torch.utils.flop_counter`, not assumed. A step's count is linear in the batch's sentences
-  and in its longest sentence (the FF students pad to max_len; the causal ones work per
-  position), so it is counted at two lengths and summed over the epoch's real batches; a third
-  length checks the linearity.
+  `torch.utils.flop_counter`, not assumed. A step's count is linear in the batch's sentences,
+  its longest sentence and (cross-attention) its longest source, so it is counted at six
+  shapes, fitted, checked at a seventh and summed over the epoch's real batches.
 - time: one whole epoch as `distill.train_students` runs it (batches gathered from the
   recording, the steps, the held-out evaluation), in a temporary folder.
 - the machine: a square fp32 matmul (n = 2048 and 4096), best of several runs, measured
@@ -16,14 +15,18 @@ both cross-attention forms at L, on the cached teacher of a preset:
   is given against both rates: the issue's target is the fp32 one. `--precision fp32 bf16`
   runs each student's epoch in both, one after the other, and prints the speed ratio; so does
   `--batch 128 512` for batch sizes (an epoch at a larger batch is fewer, taller steps: the same
-  sentences, but not the same training; chapter 8 measures what it does to the students).
+  sentences, but not the same training; chapter 8 measures what it does to the students), and
+  `--width spans full` for the padding: `spans` (the default, `replace.SKIP_PADDING`) skips the
+  zeros beyond a batch's longest sentence in the non-causal FF students' products, `full`
+  multiplies all max_len positions (the same function, as before). Each row also gives the
+  full-width FLOPs over its time: the rate the old, dense step would have needed to match it.
 - several processes: `--ranks 2` then shares the same students out by their counted FLOPs
   among 2 one-thread processes running at once, as `make edition` and `torchrun` run the grid
   (`OMP_NUM_THREADS=1`), each training its share's epochs one after another, and gives the
   machine's achieved rate: all the FLOPs over the wall time from the common start to the last
   process's end, against the same square matmul (all threads) as the one-process figures.
 
-    python benchmarks/bench_distill.py --preset tiny [--batch 128 512] [--precision fp32 bf16]
+    python benchmarks/bench_distill.py --preset tiny [--batch 128 512] [--precision fp32 bf16] [--width spans full]
         [--compile causal] [--students 'encoder ALR-L,decoder ALR-L'] [--ranks 2] [--out bench_distill.json]
 """
 from __future__ import annotations
@@ -36,12 +39,13 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from ffattn import experiments
+from ffattn import experiments, replace
 from ffattn.config import get_config
 from ffattn.distributed import balanced
 from ffattn.distill import Student, _adam, epoch_batches, masked_mse, new_student, train_students
@@ -64,19 +68,24 @@ def step_flops(module, d: int, B: int, T: int, S: int, cross: bool) -> int:
 
 
 def epoch_flops(t, s: Student, rec, batch: int) -> int:
-    """FLOPs of one epoch's training steps: per-sentence cost a + b * T, counted, summed over batches."""
+    """FLOPs of one epoch's training steps, counted: a step costs B (a + b T + c S) + e + f T + g S
+    for B sentences whose longest has T tokens (and, for cross-attention, whose longest source has S):
+    fitted to counts at six shapes, checked at a seventh, summed over the epoch's real batches."""
+    import numpy as np
     cfg, d = t.cfg, t.cfg.d_model
     module = new_student(t.model, s, cfg.max_len, cfg.seed)
     cross = s.where.startswith("cross")
-    B, S = 8, 10
-    f1, f2, f3 = (step_flops(module, d, B, T, S, cross) for T in (10, 30, 20))
-    b = (f2 - f1) / 20 / B
-    a = f1 / B - 10 * b
-    if abs(f3 - B * (a + 20 * b)) > 1e-6 * f3:
-        raise RuntimeError(f"{s.name}: FLOPs are not linear in the sentence length ({f1}, {f3}, {f2})")
+    shapes = [(B, T, S) for B in (4, 8) for T, S in ((10, 10), (30, 10), (10, 30))]
+    terms = lambda B, T, S: [B, B * T, B * S, 1, T, S]  # noqa: E731
+    A = np.array([terms(*x) for x in shapes], dtype=float)
+    f = np.array([step_flops(module, d, B, T, S, cross) for B, T, S in shapes], dtype=float)
+    coef = np.linalg.lstsq(A, f, rcond=None)[0]
+    check = step_flops(module, d, 6, 20, 20, cross)
+    if abs(np.dot(terms(6, 20, 20), coef) - check) > 1e-6 * check or np.abs(A @ coef - f).max() > 1e-6 * f.max():
+        raise RuntimeError(f"{s.name}: FLOPs of a step are not linear in its shape ({f}, {check})")
     lengths = rec.src_len if s.where == "encoder" else rec.tgt_len
     batches = epoch_batches(lengths, batch, cfg.seed, 0)
-    return int(sum(len(i) * (a + b * int(lengths[i].max())) for i in batches))
+    return int(sum(np.dot(terms(len(i), int(lengths[i].max()), int(rec.src_len[i].max())), coef) for i in batches))
 
 
 def main(argv=None):
@@ -88,6 +97,9 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--precision", nargs="+", default=None, choices=("fp32", "bf16"),
                    help="distill_precision of the students' steps, one or both, side by side (default: the preset's)")
+    p.add_argument("--width", nargs="+", default=None, choices=("spans", "full"),
+                   help="the non-causal students' products: padding skipped (spans), at full width, or both side by side "
+                        "(default: replace.SKIP_PADDING's)")
     p.add_argument("--compile", default=None, choices=("off", "causal", "all"),
                    help="distill_compile (default: the preset's)")
     p.add_argument("--students", default=None,
@@ -99,8 +111,8 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.ranks is not None and args.ranks < 2:
         p.error(f"--ranks {args.ranks}: give 2 or more processes (one process is the run without --ranks)")
-    if args.ranks and (len(args.batch or []) > 1 or len(args.precision or []) > 1):
-        p.error("--ranks takes one --batch and one --precision: the processes run one setting")
+    if args.ranks and (len(args.batch or []) > 1 or len(args.precision or []) > 1 or len(args.width or []) > 1):
+        p.error("--ranks takes one --batch, one --precision and one --width: the processes run one setting")
     if args.threads:
         torch.set_num_threads(args.threads)
     cfg = get_config(args.preset, pair=args.pair)
@@ -109,7 +121,8 @@ def main(argv=None):
     batches = list(dict.fromkeys(args.batch or [cfg.distill_batch]))
     if min(batches) <= 0:
         p.error(f"--batch {min(batches)}: a batch holds at least one sentence")
-    settings = [(prec, b) for b in batches for prec in precisions]  # each student runs them one after the other
+    widths = list(dict.fromkeys(args.width or ["spans" if replace.SKIP_PADDING else "full"]))
+    settings = [(prec, b, w) for b in batches for w in widths for prec in precisions]  # each student: one after the other
     wanted = [n.strip() for n in args.students.split(",")] if args.students else [_label(s) for s in STUDENTS]
     unknown = sorted(set(wanted) - {_label(s) for s in STUDENTS})
     if unknown:
@@ -118,26 +131,35 @@ def main(argv=None):
     t = experiments.teacher(cfg, progress=False)
     rec_train, rec_valid = experiments.recordings(t, progress=False)
     if args.worker:
-        return _worker(args.worker, t, students, rec_train, rec_valid, cfg.replace(
-            distill_precision=settings[0][0], distill_batch=settings[0][1]))
+        with _width(settings[0][2]):
+            return _worker(args.worker, t, students, rec_train, rec_valid, cfg.replace(
+                distill_precision=settings[0][0], distill_batch=settings[0][1]))
     peak = {"fp32": matmul_gflops("cpu", sizes=(2048, 4096))}
     if "bf16" in precisions:
         peak["bf16"] = matmul_gflops("cpu", sizes=(2048, 4096), dtype=torch.bfloat16)
     print(f"{args.preset}: {len(rec_train):,} sentences an epoch, batch {', '.join(map(str, batches))}, "
+          f"width {', '.join(widths)}, "
           f"{torch.get_num_threads()} threads, compile {cfg.distill_compile}; square matmul "
           + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in peak.items()))
     rows = []
     for s in students:
-        counted = {b: epoch_flops(t, s, rec_train, b) for b in batches}
-        for prec, batch in settings:
-            flops = counted[batch]
-            with tempfile.TemporaryDirectory() as tmp:
+        counted = {}
+        for b in batches:
+            for w in {*widths, "full"}:
+                with _width(w):
+                    counted[b, w] = epoch_flops(t, s, rec_train, b)
+        for prec, batch, width in settings:
+            # under bf16 autocast every student runs at full width (`replace._skips_padding`)
+            flops, full = counted[batch, width if prec == "fp32" else "full"], counted[batch, "full"]
+            with tempfile.TemporaryDirectory() as tmp, _width(width):
                 t0 = time.perf_counter()
                 hist = train_students(t.model, [s], rec_train, rec_valid,
                                       cfg.replace(distill_precision=prec, distill_batch=batch), tmp,
                                       progress=False)[s][0]
                 wall = time.perf_counter() - t0
-            row = {"student": _label(s), "precision": prec, "batch": batch, "tflop": flops / 1e12, "epoch_s": wall,
+            row = {"student": _label(s), "precision": prec, "batch": batch, "width": width,
+                   "tflop": flops / 1e12, "tflop_full": full / 1e12, "gflops_full_equiv": full / wall / 1e9,
+                   "epoch_s": wall,
                    "steps_s": hist["seconds"], "loading_s": hist["loading_seconds"],
                    "heldout_s": hist["heldout_seconds"], "heldout_mse": hist["heldout_mse"],
                    "gflops_epoch": flops / wall / 1e9, "gflops_steps": flops / hist["seconds"] / 1e9}
@@ -145,14 +167,17 @@ def main(argv=None):
             if prec == "bf16":
                 row["ratio_epoch_bf16"] = row["gflops_epoch"] / peak["bf16"]
             rows.append(row)
-            print(f"  {row['student']:22s} {prec} b{batch:<4d} {row['tflop']:7.2f} TFLOP  epoch {wall:6.1f} s "
+            print(f"  {row['student']:22s} {prec} b{batch:<4d} {width:5s} {row['tflop']:7.2f} TFLOP  epoch {wall:6.1f} s "
                   f"(steps {hist['seconds']:6.1f}, loading {hist['loading_seconds']:4.1f}, "
                   f"held-out {hist['heldout_seconds']:4.1f}; MSE {hist['heldout_mse']:.4g})"
                   f"  {row['gflops_epoch']:5.0f} GFLOP/s = {row['ratio_epoch']:4.0%} of the fp32 matmul rate"
-                  + (f", {row['ratio_epoch_bf16']:4.0%} of the bf16 one" if prec == "bf16" else ""), flush=True)
+                  + (f", {row['ratio_epoch_bf16']:4.0%} of the bf16 one" if prec == "bf16" else "")
+                  + (f"; full width's {row['tflop_full']:.2f} TFLOP in this time: {row['gflops_full_equiv']:.0f} GFLOP/s"
+                     if width == "spans" else ""), flush=True)
         first = rows[-len(settings)]
         for r in rows[len(rows) - len(settings) + 1:]:
-            print(f"  {'':22s} {r['precision']} b{r['batch']} against {first['precision']} b{first['batch']}: "
+            print(f"  {'':22s} {r['precision']} b{r['batch']} {r['width']} against "
+                  f"{first['precision']} b{first['batch']} {first['width']}: "
                   f"{first['epoch_s'] / r['epoch_s']:.2f}x the speed")
     after = matmul_gflops("cpu", sizes=(2048, 4096))
     best = max(peak["fp32"], after)
@@ -160,10 +185,11 @@ def main(argv=None):
           f"against the better of the two, {best:.0f} GFLOP/s:")
     for row in rows:
         row["ratio_epoch_best"] = row["gflops_epoch"] / best
-        print(f"  {row['student']:22s} {row['precision']} b{row['batch']:<4d} {row['ratio_epoch_best']:4.0%}")
+        print(f"  {row['student']:22s} {row['precision']} b{row['batch']:<4d} {row['width']:5s} {row['ratio_epoch_best']:4.0%}"
+              + (f" (full-width equivalent {row['gflops_full_equiv'] / best:4.0%})" if row["width"] == "spans" else ""))
     if args.ranks:
         result_ranks = _ranks(args, argv, students, rows, best)
-    result = {"preset": args.preset, "batches": batches, "sentences": len(rec_train),
+    result = {"preset": args.preset, "batches": batches, "widths": widths, "sentences": len(rec_train),
               "compile": cfg.distill_compile, "threads": torch.get_num_threads(),
               "cpu": platform.processor() or platform.machine(), "torch": torch.__version__,
               "matmul_gflops": peak["fp32"], "matmul_gflops_bf16": peak.get("bf16"), "matmul_gflops_after": after,
@@ -207,6 +233,16 @@ def _ranks(args, argv, students, rows, matmul: float) -> dict:
         for r in d["students"]:
             print(f"  process {d['process']}: {r['student']:22s} epoch {r['epoch_s']:6.1f} s (MSE {r['heldout_mse']:.4g})")
     return out
+
+
+@contextmanager
+def _width(width: str):
+    """`replace.SKIP_PADDING` for one setting: spans (padding skipped) or full width."""
+    old, replace.SKIP_PADDING = replace.SKIP_PADDING, width == "spans"
+    try:
+        yield
+    finally:
+        replace.SKIP_PADDING = old
 
 
 def _without(argv: list[str], *flags: str) -> list[str]:

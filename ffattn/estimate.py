@@ -16,7 +16,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from . import experiments
+from . import experiments, replace
 from .cost import count_flops, decode_steps, ff_flops, flops, flops_breakdown, machine
 from .model import Transformer
 from .replace import (CausalFFCrossAttention, CausalFFSelfAttention, FFBlock, FFCrossAttention, FFSelfAttention,
@@ -65,12 +65,14 @@ EFFICIENCY_WHAT = {
 }
 
 
-def distill_step_flops(module: nn.Module, B: int, T: int, backward: bool = True) -> int:
+def distill_step_flops(module: nn.Module, B: int, T: int, backward: bool = True, S: int | None = None) -> int:
     """FLOPs of one distillation step of a student (`distill_forward` on B sentences whose
     longest has T tokens, and with `backward` its gradients), as `count_flops` counts them.
 
-    The non-causal students read every sentence padded to MAX_LEN: B x one pass of the FF,
-    whatever T (`ff_flops`; ASLR: one FF per head). The causal ones work per position up to
+    The non-causal students read every sentence padded to MAX_LEN: with `replace.SKIP_PADDING`
+    only the batch's T positions (and the cross form's S of memory, default T) meet fc1 and
+    fc2, plus products of a few vectors with the rest of fc1 (`_spans_flops`; ASLR: per head);
+    without it, B x one pass of the FF whatever T (`ff_flops`; ASLR: one FF per head). The causal ones work per position up to
     the batch's longest sentence: B x (4 T d h, the blocks of fc1 and fc2, + 2 W h for the
     memory of the causal cross form) and, once a step, 4 h D for fc1's weight against the input
     LayerNorm's gain and bias. The backward pass is twice the forward's matrix products (the
@@ -85,10 +87,23 @@ def distill_step_flops(module: nn.Module, B: int, T: int, backward: bool = True)
         return k * B * (4 * T * d * h + memory) + (2 if backward else 1) * 4 * h * D
     if isinstance(module, FFSeparateHeads):
         f = module.heads
-        return k * B * 2 * f.n * (f.in_features * f.hidden + f.hidden * f.out_features)
+        if not replace.SKIP_PADDING:
+            return k * B * 2 * f.n * (f.in_features * f.hidden + f.hidden * f.out_features)
+        return f.n * _spans_flops(k, B, f.hidden, f.in_features, T * module.d_model, T * module.d_head)
     if isinstance(module, (FFSelfAttention, FFBlock, FFCrossAttention)):
-        return k * B * ff_flops(module.ff)
+        if not replace.SKIP_PADDING:
+            return k * B * ff_flops(module.ff)
+        n = T * module.d_model
+        seen = n + (S if S is not None else T) * module.d_model * isinstance(module, FFCrossAttention)
+        return _spans_flops(k, B, module.ff.fc1.out_features, module.ff.fc1.in_features, seen, n)
     raise TypeError(f"no distillation FLOP formula for {type(module).__name__}")
+
+
+def _spans_flops(k: int, B: int, h: int, D: int, seen: int, n_out: int) -> int:
+    """One FF's step with the padding skipped (`replace._ff_on_spans`): fc1 on the `seen`
+    columns and fc2's first `n_out` rows; s's two products (B h each); fc1's rest against the
+    LayerNorm's gain and bias (2 x 2 h (D - seen)), and, backward, twice that."""
+    return k * (2 * B * h * (seen + n_out) + 2 * B * h + 4 * h * (D - seen))
 
 
 def count_distill_step(module: nn.Module, B: int, T: int, S: int | None = None) -> int:
@@ -370,8 +385,9 @@ def estimate(cfg, matmul_gflops: float | None = None, sentences: int | None = No
     cells = experiments.grid(cfg)
     wanted = sorted({s for c in cells if c.trained for s in c.students}, key=lambda s: s.name)
     modules = {s: new_student(teacher, s, cfg.max_len, cfg.seed) for s in wanted}
-    # a causal student's step works up to the batch's longest sentence: MAX_LEN, an upper bound
-    # (a random batch of 2000 sentences almost always holds one close to it)
+    # a student's step works up to the batch's longest sentence (the causal ones, and the others
+    # skipping the padding): MAX_LEN, an upper bound (at batch 2000 almost always close to it;
+    # at 128 on Multi30k the longest is 33 to 37 tokens on average: an estimate's margin)
     T_batch = cfg.max_len
     students = []
     for s, mod in modules.items():

@@ -123,6 +123,148 @@ def _frozen_copy(linear: nn.Module | None):
     return None if linear is None else copy.deepcopy(linear).requires_grad_(False)
 
 
+# ----------------------------------------------------------------------------- padding skipped
+
+# A batch padded to T < max_len tokens leaves a non-causal FF's input zero beyond T and throws its
+# output beyond T away, yet the flat view multiplies all max_len * d numbers both ways. At random
+# batches of 128 Multi30k sentences (the longest 37 source and 33 target tokens on average, of
+# max_len 50) that is a quarter to a third of an encoder student's products. `_ff_on_spans`
+# computes the same function without them: the zeros still count in the input LayerNorm's
+# statistics, and their normalised values (beta - mean * rstd * g: one rank-2 term) reach fc1
+# as two weight-only vectors, as in `_causal_pass`. Distillation (`distill_forward`) uses it;
+# inference keeps the full width, the paper's model, whose FLOPs and latency chapter 9 measures.
+SKIP_PADDING = True  # False: every product at full width (the reference; bench_distill.py --width full)
+
+
+def _skips_padding(x) -> bool:
+    """Distillation skips the padding in fp32 and tf32; under autocast (bf16) it runs dense."""
+    return SKIP_PADDING and not torch.is_autocast_enabled(x.device.type)
+
+
+class _SpanLinear(torch.autograd.Function):
+    """fc1 on a LayerNorm's output that is `u` on the column `spans` and, on the `rest`, the
+    LayerNorm of zeros: beta - s * g (s = mean * rstd, one per row). Only the spans' columns of
+    the weight meet the batch; the rest costs a product with two vectors each way."""
+
+    @staticmethod
+    def forward(ctx, u, s, weight, bias, g, beta, spans, rest):
+        gb = torch.stack([beta, g], 1)  # (D, 2)
+        c = sum((weight[:, lo:hi] @ gb[lo:hi] for lo, hi in rest), weight.new_zeros(weight.shape[0], 2))
+        out = torch.addmm(bias + c[:, 0], s, c[:, 1:].t(), alpha=-1)  # the rest: W beta - s W g
+        at = 0
+        for lo, hi in spans:
+            out = torch.addmm(out, u[:, at:at + hi - lo], weight[:, lo:hi].t())
+            at += hi - lo
+        ctx.save_for_backward(u, s, weight, gb, c)
+        ctx.spans, ctx.rest = spans, rest
+        return out
+
+    @staticmethod
+    def backward(ctx, da):
+        u, s, weight, gb, c = ctx.saved_tensors
+        da = da.contiguous()
+        du = torch.cat([da @ weight[:, lo:hi] for lo, hi in ctx.spans], 1)
+        ds = -(da @ c[:, 1:])
+        gw = torch.empty_like(weight)
+        at = 0
+        for lo, hi in ctx.spans:
+            torch.mm(da.t(), u[:, at:at + hi - lo], out=gw[:, lo:hi])
+            at += hi - lo
+        coef = torch.cat([da.sum(0, keepdim=True), -(s.t() @ da)])  # (2, h): d/d beta, d/d g of the rest
+        ggb = torch.zeros_like(gb)
+        for lo, hi in ctx.rest:
+            torch.mm(coef.t(), gb[lo:hi].t(), out=gw[:, lo:hi])  # two outer products
+            ggb[lo:hi] = (coef @ weight[:, lo:hi]).t()
+        return du, ds, gw, coef[0], ggb[:, 1], ggb[:, 0], None, None
+
+
+class _RowsLinear(torch.autograd.Function):
+    """The first n outputs of a Linear: only those rows of the weight are multiplied."""
+
+    @staticmethod
+    def forward(ctx, h, weight, bias, n):
+        ctx.save_for_backward(h, weight)
+        ctx.n = n
+        return torch.addmm(bias[:n], h, weight[:n].t())
+
+    @staticmethod
+    def backward(ctx, dy):
+        h, weight = ctx.saved_tensors
+        n, dy = ctx.n, dy.contiguous()
+        gw, gb = torch.empty_like(weight), dy.new_zeros(weight.shape[0])
+        torch.mm(dy.t(), h, out=gw[:n])
+        gw[n:].zero_()
+        gb[:n] = dy.sum(0)
+        return dy @ weight[:n], gw, gb, None
+
+
+def _ff_on_spans(ff: ShallowFF, parts, n_out: int):
+    """`ff` on a flat input that is zero except on `parts` [(start, (B, k) values), ...] (in
+    order, not overlapping); its first `n_out` outputs. The same function as
+    `ff(full_input)[:, :n_out]`, with the zeros' products left out."""
+    D = ff.fc1.in_features
+    spans = [(lo, lo + z.shape[1]) for lo, z in parts]
+    edges = [0] + [e for span in spans for e in span] + [D]
+    rest = [(a, b) for a, b in zip(edges[::2], edges[1::2]) if b > a]
+    z = torch.cat([p for _, p in parts], 1)
+    g, beta = ff.ln_in.weight, ff.ln_in.bias
+    mean = z.sum(-1, keepdim=True) / D
+    var = ((z - mean).square().sum(-1, keepdim=True) + (D - z.shape[1]) * mean.square()) / D
+    rstd = torch.rsqrt(var + ff.ln_in.eps)
+    u = torch.addcmul(torch.cat([beta[lo:hi] for lo, hi in spans]), (z - mean) * rstd,
+                      torch.cat([g[lo:hi] for lo, hi in spans]))
+    a = _SpanLinear.apply(u, mean * rstd, ff.fc1.weight, ff.fc1.bias, g, beta, spans, rest)
+    return _RowsLinear.apply(ff.ln_hidden(ff.act(a)), ff.fc2.weight, ff.fc2.bias, n_out)
+
+
+class _HeadsPrefixLinear(torch.autograd.Function):
+    """`HeadFFs`' fc1 (one weight per head) on LayerNorms whose first k inputs are `u` (n, B, k)
+    and whose rest is the LayerNorm of zeros, beta - s * g: `_SpanLinear`'s sums, head by head,
+    for a sentence's prefix, as batched products."""
+
+    @staticmethod
+    def forward(ctx, u, s, weight, bias, g, beta):
+        k = u.shape[2]
+        gb = torch.stack([beta[:, k:], g[:, k:]], 2)  # (n, D - k, 2)
+        c = torch.bmm(weight[:, :, k:], gb)  # (n, h, 2): W beta and W g over the rest
+        out = torch.baddbmm((bias + c[..., 0])[:, None], s.expand(weight.shape[0], -1, -1),
+                            c[:, None, :, 1], alpha=-1)
+        out = torch.baddbmm(out, u, weight[:, :, :k].transpose(1, 2))
+        ctx.save_for_backward(u, s, weight, gb, c)
+        return out
+
+    @staticmethod
+    def backward(ctx, da):
+        u, s, weight, gb, c = ctx.saved_tensors
+        k, da = u.shape[2], da.contiguous()
+        du = torch.bmm(da, weight[:, :, :k])
+        ds = -torch.bmm(da, c[..., 1:]).sum(0)  # s is every head's
+        gw = torch.empty_like(weight)
+        torch.bmm(da.transpose(1, 2), u, out=gw[:, :, :k])
+        coef = torch.cat([da.sum(1, keepdim=True), -torch.matmul(s.t(), da)], 1)  # (n, 2, h)
+        torch.bmm(coef.transpose(1, 2), gb.transpose(1, 2), out=gw[:, :, k:])  # two outer products a head
+        ggb = torch.bmm(coef, weight[:, :, k:])  # (n, 2, D - k)
+        gbeta, gg = weight.new_zeros(weight.shape[::2]), weight.new_zeros(weight.shape[::2])  # (n, D)
+        gbeta[:, k:], gg[:, k:] = ggb[:, 0], ggb[:, 1]
+        return du, ds, gw, coef[:, 0], gg, gbeta
+
+
+def _heads_on_prefix(heads: HeadFFs, z, n_out: int):
+    """`heads` on a flat input that is zero beyond its first z.shape[1] values; each head's
+    first `n_out` outputs, (B, n, n_out). The same function as `heads(full)[..., :n_out]`."""
+    D, k = heads.in_features, z.shape[1]
+    mean = z.sum(-1, keepdim=True) / D
+    var = ((z - mean).square().sum(-1, keepdim=True) + (D - k) * mean.square()) / D
+    rstd = torch.rsqrt(var + heads.eps)
+    u = torch.addcmul(heads.ln_in_bias[:, None, :k], ((z - mean) * rstd)[None], heads.ln_in_weight[:, None, :k])
+    a = _HeadsPrefixLinear.apply(u, mean * rstd, heads.fc1_weight, heads.fc1_bias,
+                                 heads.ln_in_weight, heads.ln_in_bias)  # (n, B, h)
+    a = F.layer_norm(F.leaky_relu(a, heads.negative_slope), (heads.hidden,), eps=heads.eps)
+    a = torch.addcmul(heads.ln_hidden_bias[:, None], a, heads.ln_hidden_weight[:, None])
+    return torch.baddbmm(heads.fc2_bias[:, None, :n_out], a,
+                         heads.fc2_weight[:, :n_out].transpose(1, 2)).transpose(0, 1)
+
+
 class _Slot(nn.Module):
     """An attention slot: per-head outputs from `forward_heads`, then the teacher's W_O."""
 
@@ -143,6 +285,17 @@ class _Slot(nn.Module):
         """What is compared with the teacher's input to W_O (the pre-W_O heads)."""
         return self.forward_heads(x, x_pad, memory, memory_pad)
 
+    def _ff_skipping_padding(self, x, x_pad, memory=None, memory_pad=None):
+        """`self.ff` on the flat sentence (after the flat memory, if given), positions beyond
+        the batch's longest sentence skipped (`_ff_on_spans`): (B, T, d), padding zeroed."""
+        B, T, d = x.shape
+        _check_len(T, self.max_len)
+        parts = [(0, _zero(x, x_pad).flatten(1))]
+        if memory is not None:
+            _check_len(memory.shape[1], self.max_len, "source sentence")
+            parts = [(0, _zero(memory, memory_pad).flatten(1)), (self.max_len * d, parts[0][1])]
+        return _zero(_ff_on_spans(self.ff, parts, T * d).view(B, T, d), x_pad)
+
 
 # ----------------------------------------------------------------------------- encoder
 
@@ -160,6 +313,11 @@ class FFSelfAttention(_Slot):
 
     def forward_heads(self, x, x_pad, memory=None, memory_pad=None, state=None):
         return self._unflat(self.ff(_flat(x, x_pad, self.max_len)), x.shape[1], x_pad)
+
+    def distill_forward(self, x, x_pad, memory=None, memory_pad=None):
+        if _skips_padding(x):
+            return self._ff_skipping_padding(x, x_pad)
+        return self.forward_heads(x, x_pad)
 
 
 class HeadFFs(nn.Module):
@@ -230,6 +388,14 @@ class FFSeparateHeads(_Slot):
         out = self.heads(z).view(B, self.n_heads, self.max_len, self.d_head).transpose(1, 2)
         return _zero(out.flatten(2)[:, :T], x_pad)
 
+    def distill_forward(self, x, x_pad, memory=None, memory_pad=None):
+        if not _skips_padding(x):
+            return self.forward_heads(x, x_pad)
+        B, T, d = x.shape
+        _check_len(T, self.max_len)
+        out = _heads_on_prefix(self.heads, _zero(x, x_pad).flatten(1), T * self.d_head)
+        return _zero(out.view(B, self.n_heads, T, self.d_head).transpose(1, 2).flatten(2), x_pad)
+
 
 class FFBlock(_Slot):
     """ALRR: replaces LayerNorm + attention + residual: residual stream in and out (W -> W)."""
@@ -244,6 +410,8 @@ class FFBlock(_Slot):
 
     def distill_forward(self, x, x_pad, memory=None, memory_pad=None):
         """Compared with the teacher block's (or layer's) output."""
+        if _skips_padding(x):
+            return self._ff_skipping_padding(x, x_pad)
         return self.forward(x, x_pad)
 
 
@@ -394,6 +562,12 @@ class FFCrossAttention(_CrossSlot):
         m = _flat(memory, memory_pad, self.max_len, "source sentence")
         y = self.ff(torch.cat([m, _flat(x, None, self.max_len)], 1))
         return self._unflat(y, T, x_pad, start=x.shape[1] - T)
+
+    def distill_forward(self, x, x_pad, memory=None, memory_pad=None):
+        _need_memory(memory)
+        if _skips_padding(x):
+            return self._ff_skipping_padding(x, x_pad, memory, memory_pad)
+        return self.forward_heads(x, x_pad, memory, memory_pad)
 
 
 class CausalFFCrossAttention(_CrossSlot):

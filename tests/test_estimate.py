@@ -75,11 +75,11 @@ def test_step_formula_equals_counted_step(where, scheme):
     torch.manual_seed(1)
     m = build_replacement(teacher, where, 0, scheme, "M", ML)
     for B, T in ((3, 5), (6, ML)):
-        assert estimate.distill_step_flops(m, B, T) == estimate.count_distill_step(m, B, T, S=4)
+        assert estimate.distill_step_flops(m, B, T, S=4) == estimate.count_distill_step(m, B, T, S=4)
         x, pad = torch.randn(B, T, m.d_model), torch.zeros(B, T, dtype=torch.bool)
         mem = torch.randn(B, 4, m.d_model) if where.startswith("cross") else None
         mpad = torch.zeros(B, 4, dtype=torch.bool) if mem is not None else None
-        assert estimate.distill_step_flops(m, B, T, backward=False) == cost.count_flops(m.distill_forward, x, pad,
+        assert estimate.distill_step_flops(m, B, T, backward=False, S=4) == cost.count_flops(m.distill_forward, x, pad,
                                                                                     mem, mpad)
 
 

@@ -353,3 +353,52 @@ def test_aslr_heads_run_batched_and_equal_one_shallow_ff_per_head():
     want = per_head.view(-1, H, L, D // H).transpose(1, 2).flatten(2)[:, :x.shape[1]].masked_fill(x_pad[..., None], 0)
     torch.testing.assert_close(mod.forward_heads(x, x_pad), want)
     assert sum(p.numel() for p in mod.parameters() if p.requires_grad) == count_params("ASLR", "M", L, D, H)
+
+
+# ----------------------------------------------------------------------------- padding skipped
+
+@pytest.mark.parametrize("where,scheme", [("encoder", "ALR"), ("encoder", "ALRR"), ("encoder", "ELR"),
+                                          ("encoder", "ASLR"), ("cross", "ALR")])
+@pytest.mark.parametrize("T,S", [(4, 3), (L, L), (1, L)])
+def test_distillation_skipping_padding_is_the_full_width_function(where, scheme, T, S, monkeypatch):
+    """`distill_forward` multiplies only the batch's positions (`replace.SKIP_PADDING`), yet its
+    outputs and every gradient are those of the FF at full width: the zeros beyond the batch
+    still count in the input LayerNorm, through its gain and bias."""
+    import ffattn.replace as replace
+    student = randomize(build_replacement(small_teacher(), where, 0, scheme, "L", L).double())
+    x, x_pad, mem, mem_pad = batch(T=T, S=S, dtype=torch.float64)
+    x_pad[0, T - 1:] = T > 1  # a sentence shorter than the batch's longest, too
+    mem, mem_pad = memory_for(where, mem, mem_pad)
+    target = torch.randn_like(x)
+    inputs = {"x": x.requires_grad_()} | ({"memory": mem.requires_grad_()} if mem is not None else {})
+    out, grads = [], []
+    for skip in (False, True):
+        monkeypatch.setattr(replace, "SKIP_PADDING", skip)
+        student.zero_grad()
+        for t in inputs.values():
+            t.grad = None
+        y = student.distill_forward(x, x_pad, mem, mem_pad)
+        ((y - target) ** 2).sum().backward()
+        out.append(y.detach())
+        grads.append({n: p.grad.clone() for n, p in student.named_parameters() if p.requires_grad}
+                     | {n: t.grad.clone() for n, t in inputs.items()})  # the inputs' too: a stack of them
+    torch.testing.assert_close(out[1], out[0], rtol=0, atol=1e-10)
+    assert out[0].abs().max() > 0.1 and (out[0][x_pad] == 0).all()
+    for name, g in grads[0].items():
+        torch.testing.assert_close(grads[1][name], g, rtol=0, atol=1e-9, msg=name)
+    gain = "heads.ln_in_weight" if scheme == "ASLR" else "ff.ln_in.weight"
+    assert grads[0][gain].abs().max() > 1e-3  # the padded slots' LayerNorm terms are tested
+
+
+def test_distillation_runs_dense_under_autocast_and_inference_keeps_full_width(monkeypatch):
+    """bf16 autocast takes the full-width path (the custom products are fp32 only); the
+    inference forward is the paper's model whatever the switch."""
+    import ffattn.replace as replace
+    student = randomize(build_replacement(small_teacher(), "encoder", 0, "ALR", "M", L))
+    x, x_pad, _, _ = batch(T=4)
+    calls = []
+    monkeypatch.setattr(replace, "_ff_on_spans", lambda *a: calls.append(a) or replace.ShallowFF.forward)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        student.distill_forward(x, x_pad)
+    student(x, x_pad)
+    assert not calls
