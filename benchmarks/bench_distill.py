@@ -20,6 +20,9 @@ both cross-attention forms at L, on the cached teacher of a preset:
   zeros beyond a batch's longest sentence in the non-causal FF students' products, `full`
   multiplies all max_len positions (the same function, as before). Each row also gives the
   full-width FLOPs over its time: the rate the old, dense step would have needed to match it.
+- another revision's causal pass: `--against REV` also runs each causal student's epoch with
+  `replace._causal_pass` as it stood at git revision REV (loaded from `git show`), right after
+  this tree's: the same students, batches and weights, side by side in one run.
 - several processes: `--ranks 2` then shares the same students out by their counted FLOPs
   among 2 one-thread processes running at once, as `make edition` and `torchrun` run the grid
   (`OMP_NUM_THREADS=1`), each training its share's epochs one after another, and gives the
@@ -27,7 +30,8 @@ both cross-attention forms at L, on the cached teacher of a preset:
   process's end, against the same square matmul (all threads) as the one-process figures.
 
     python benchmarks/bench_distill.py --preset tiny [--batch 128 512] [--precision fp32 bf16] [--width spans full]
-        [--compile causal] [--students 'encoder ALR-L,decoder ALR-L'] [--ranks 2] [--out bench_distill.json]
+        [--compile causal] [--students 'encoder ALR-L,decoder ALR-L'] [--against 5223e82] [--ranks 2]
+        [--out bench_distill.json]
 """
 from __future__ import annotations
 
@@ -107,12 +111,16 @@ def main(argv=None):
     p.add_argument("--ranks", type=int, default=None,
                    help="then the same students shared out among this many one-thread processes at once")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)  # K/R,DIR: one of --ranks' processes
+    p.add_argument("--against", default=None, metavar="REV",
+                   help="also run the causal students with replace._causal_pass of this git revision")
     p.add_argument("--out", default=None, help="write the figures as JSON here")
     args = p.parse_args(argv)
+    against = _causal_pass_at(args.against, p) if args.against else None
     if args.ranks is not None and args.ranks < 2:
         p.error(f"--ranks {args.ranks}: give 2 or more processes (one process is the run without --ranks)")
-    if args.ranks and (len(args.batch or []) > 1 or len(args.precision or []) > 1 or len(args.width or []) > 1):
-        p.error("--ranks takes one --batch, one --precision and one --width: the processes run one setting")
+    if args.ranks and (len(args.batch or []) > 1 or len(args.precision or []) > 1 or len(args.width or []) > 1
+                       or args.against):
+        p.error("--ranks takes one --batch, one --precision, one --width and no --against: the processes run one setting")
     if args.threads:
         torch.set_num_threads(args.threads)
     cfg = get_config(args.preset, pair=args.pair)
@@ -122,7 +130,8 @@ def main(argv=None):
     if min(batches) <= 0:
         p.error(f"--batch {min(batches)}: a batch holds at least one sentence")
     widths = list(dict.fromkeys(args.width or ["spans" if replace.SKIP_PADDING else "full"]))
-    settings = [(prec, b, w) for b in batches for w in widths for prec in precisions]  # each student: one after the other
+    impls = ["this"] + ([args.against] if args.against else [])
+    settings = [(prec, b, w, c) for b in batches for w in widths for prec in precisions for c in impls]  # one after the other
     wanted = [n.strip() for n in args.students.split(",")] if args.students else [_label(s) for s in STUDENTS]
     unknown = sorted(set(wanted) - {_label(s) for s in STUDENTS})
     if unknown:
@@ -131,7 +140,7 @@ def main(argv=None):
     t = experiments.teacher(cfg, progress=False)
     rec_train, rec_valid = experiments.recordings(t, progress=False)
     if args.worker:
-        with _width(settings[0][2]):
+        with _width(settings[0][2]):  # --ranks: one setting, this tree's code
             return _worker(args.worker, t, students, rec_train, rec_valid, cfg.replace(
                 distill_precision=settings[0][0], distill_batch=settings[0][1]))
     peak = {"fp32": matmul_gflops("cpu", sizes=(2048, 4096))}
@@ -144,20 +153,24 @@ def main(argv=None):
     rows = []
     for s in students:
         counted = {}
+        mine = [c for c in impls if c == "this" or _is_causal(s)]  # --against changes the causal students only
         for b in batches:
             for w in {*widths, "full"}:
-                with _width(w):
-                    counted[b, w] = epoch_flops(t, s, rec_train, b)
-        for prec, batch, width in settings:
+                for c in mine:
+                    with _width(w), _causal(against if c != "this" else None):
+                        counted[b, w, c] = epoch_flops(t, s, rec_train, b)
+        for prec, batch, width, impl in settings:
+            if impl not in mine:
+                continue
             # under bf16 autocast every student runs at full width (`replace._skips_padding`)
-            flops, full = counted[batch, width if prec == "fp32" else "full"], counted[batch, "full"]
-            with tempfile.TemporaryDirectory() as tmp, _width(width):
+            flops, full = counted[batch, width if prec == "fp32" else "full", impl], counted[batch, "full", impl]
+            with tempfile.TemporaryDirectory() as tmp, _width(width), _causal(against if impl != "this" else None):
                 t0 = time.perf_counter()
                 hist = train_students(t.model, [s], rec_train, rec_valid,
                                       cfg.replace(distill_precision=prec, distill_batch=batch), tmp,
                                       progress=False)[s][0]
                 wall = time.perf_counter() - t0
-            row = {"student": _label(s), "precision": prec, "batch": batch, "width": width,
+            row = {"student": _label(s), "precision": prec, "batch": batch, "width": width, "code": impl,
                    "tflop": flops / 1e12, "tflop_full": full / 1e12, "gflops_full_equiv": full / wall / 1e9,
                    "epoch_s": wall,
                    "steps_s": hist["seconds"], "loading_s": hist["loading_seconds"],
@@ -167,17 +180,18 @@ def main(argv=None):
             if prec == "bf16":
                 row["ratio_epoch_bf16"] = row["gflops_epoch"] / peak["bf16"]
             rows.append(row)
-            print(f"  {row['student']:22s} {prec} b{batch:<4d} {width:5s} {row['tflop']:7.2f} TFLOP  epoch {wall:6.1f} s "
+            print(f"  {row['student']:22s} {prec} b{batch:<4d} {width:5s} {_code(impl)}{row['tflop']:7.2f} TFLOP  epoch {wall:6.1f} s "
                   f"(steps {hist['seconds']:6.1f}, loading {hist['loading_seconds']:4.1f}, "
                   f"held-out {hist['heldout_seconds']:4.1f}; MSE {hist['heldout_mse']:.4g})"
                   f"  {row['gflops_epoch']:5.0f} GFLOP/s = {row['ratio_epoch']:4.0%} of the fp32 matmul rate"
                   + (f", {row['ratio_epoch_bf16']:4.0%} of the bf16 one" if prec == "bf16" else "")
                   + (f"; full width's {row['tflop_full']:.2f} TFLOP in this time: {row['gflops_full_equiv']:.0f} GFLOP/s"
                      if width == "spans" else ""), flush=True)
-        first = rows[-len(settings)]
-        for r in rows[len(rows) - len(settings) + 1:]:
-            print(f"  {'':22s} {r['precision']} b{r['batch']} {r['width']} against "
-                  f"{first['precision']} b{first['batch']} {first['width']}: "
+        n = sum(c in mine for *_, c in settings)
+        first = rows[-n]
+        for r in rows[len(rows) - n + 1:]:
+            print(f"  {'':22s} {r['precision']} b{r['batch']} {r['width']} {_code(r['code'])}against "
+                  f"{first['precision']} b{first['batch']} {first['width']} {_code(first['code'])}: "
                   f"{first['epoch_s'] / r['epoch_s']:.2f}x the speed")
     after = matmul_gflops("cpu", sizes=(2048, 4096))
     best = max(peak["fp32"], after)
@@ -185,11 +199,13 @@ def main(argv=None):
           f"against the better of the two, {best:.0f} GFLOP/s:")
     for row in rows:
         row["ratio_epoch_best"] = row["gflops_epoch"] / best
-        print(f"  {row['student']:22s} {row['precision']} b{row['batch']:<4d} {row['width']:5s} {row['ratio_epoch_best']:4.0%}"
+        print(f"  {row['student']:22s} {row['precision']} b{row['batch']:<4d} {row['width']:5s} {_code(row['code'])}"
+              f"{row['ratio_epoch_best']:4.0%}"
               + (f" (full-width equivalent {row['gflops_full_equiv'] / best:4.0%})" if row["width"] == "spans" else ""))
     if args.ranks:
         result_ranks = _ranks(args, argv, students, rows, best)
-    result = {"preset": args.preset, "batches": batches, "widths": widths, "sentences": len(rec_train),
+    result = {"preset": args.preset, "batches": batches, "widths": widths, "against": args.against,
+              "sentences": len(rec_train),
               "compile": cfg.distill_compile, "threads": torch.get_num_threads(),
               "cpu": platform.processor() or platform.machine(), "torch": torch.__version__,
               "matmul_gflops": peak["fp32"], "matmul_gflops_bf16": peak.get("bf16"), "matmul_gflops_after": after,
@@ -233,6 +249,48 @@ def _ranks(args, argv, students, rows, matmul: float) -> dict:
         for r in d["students"]:
             print(f"  process {d['process']}: {r['student']:22s} epoch {r['epoch_s']:6.1f} s (MSE {r['heldout_mse']:.4g})")
     return out
+
+
+def _is_causal(s: Student) -> bool:
+    return s.where in ("decoder", "cross_causal")
+
+
+def _code(impl: str) -> str:
+    """The code column of a printed row: blank without --against."""
+    return "" if impl == "this" and not _code.against else f"{impl[:9]:9s} "
+
+
+_code.against = False
+
+
+def _causal_pass_at(rev: str, p: argparse.ArgumentParser):
+    """`_causal_pass` of ffattn/replace.py at git revision `rev`, as a function of this process."""
+    import importlib.util
+    root = Path(__file__).resolve().parents[1]
+    try:
+        src = subprocess.run(["git", "-C", str(root), "show", f"{rev}:ffattn/replace.py"],
+                             capture_output=True, text=True, check=True).stdout
+    except (subprocess.CalledProcessError, FileNotFoundError) as e:
+        p.error(f"--against {rev}: git cannot show ffattn/replace.py at that revision "
+                f"({(getattr(e, 'stderr', '') or str(e)).strip()[:200]})")
+    name = f"ffattn_replace_at_{rev}".replace("-", "_")
+    spec = importlib.util.spec_from_loader(name, loader=None)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # its dataclasses look their module up
+    exec(compile(src, f"{rev}:ffattn/replace.py", "exec"), module.__dict__)
+    _code.against = True
+    return module._causal_pass
+
+
+@contextmanager
+def _causal(fn):
+    """`replace._causal_pass` replaced by `fn` (another revision's), or left as it is (None)."""
+    old = replace._causal_pass
+    replace._causal_pass = fn or old
+    try:
+        yield
+    finally:
+        replace._causal_pass = old
 
 
 @contextmanager

@@ -103,17 +103,17 @@ def attention_flops(d: int, q: int, k: int, kv: int | None = None) -> int:
     return 4 * q * d * d + 4 * kv * d * d + 4 * q * k * d
 
 
-def _causal_ff_flops(ff: ShallowFF, d: int, T: int, mode: str, memory: bool) -> int:
+def _causal_ff_flops(ff: ShallowFF, d: int, T: int, mode: str, S: int | None) -> int:
     """The one-pass causal FF (`replace._causal_pass`) over T positions.
 
     Each position's block of fc1 (2dh) and its rows of fc2 (2hd); once per sentence, the two
     weight-only matrix-vector products A b and A g over all D inputs (4hD: step by step they
-    are computed at the first step and kept in the state) and, with memory (cross), the
-    memory's projection (2 W h). So every greedy step after the first costs the same 4dh.
+    are computed at the first step and kept in the state) and, with a memory of S tokens
+    (cross), its projection (2 S d h: its real tokens only). So every greedy step after the
+    first costs the same 4dh.
     """
     h, D = ff.fc1.out_features, ff.fc1.in_features
-    W = ff.fc2.out_features
-    once = (4 * h * D + (2 * W * h if memory else 0)) if T else 0
+    once = (4 * h * D + (2 * S * d * h if S else 0)) if T else 0
     return 2 * T * d * h + 2 * T * h * d + once
 
 
@@ -139,9 +139,9 @@ def _slot_flops(m: nn.Module, side: str, S: int, T: int, mode: str) -> int:
     if isinstance(m, FFCrossAttention):  # the whole FF again at every decoding step
         return (T if mode == "greedy" else min(T, 1)) * ff_flops(m.ff) + w_o
     if isinstance(m, CausalFFSelfAttention):
-        return _causal_ff_flops(m.ff, m.d_model, T, mode, memory=False) + w_o
+        return _causal_ff_flops(m.ff, m.d_model, T, mode, S=None) + w_o
     if isinstance(m, CausalFFCrossAttention):
-        return _causal_ff_flops(m.ff, m.d_model, T, mode, memory=True) + w_o
+        return _causal_ff_flops(m.ff, m.d_model, T, mode, S=S) + w_o
     raise TypeError(f"no FLOP formula for {type(m).__name__} in a {side} slot")
 
 

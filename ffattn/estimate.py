@@ -73,18 +73,21 @@ def distill_step_flops(module: nn.Module, B: int, T: int, backward: bool = True,
     only the batch's T positions (and the cross form's S of memory, default T) meet fc1 and
     fc2, plus products of a few vectors with the rest of fc1 (`_spans_flops`; ASLR: per head);
     without it, B x one pass of the FF whatever T (`ff_flops`; ASLR: one FF per head). The causal ones work per position up to
-    the batch's longest sentence: B x (4 T d h, the blocks of fc1 and fc2, + 2 W h for the
-    memory of the causal cross form) and, once a step, 4 h D for fc1's weight against the input
-    LayerNorm's gain and bias. The backward pass is twice the forward's matrix products (the
-    gradients of both operands: even the input's, since the input LayerNorm has weights), except
-    the weight gradients of those two matrix-vector products (outer products, not counted).
+    the batch's longest sentence: B x (4 T d h, the blocks of fc1 and fc2, + 2 S d h for the
+    memory of the causal cross form, its real tokens only) and, once a step, 4 h D for fc1's
+    weight against the input LayerNorm's gain and bias. The backward pass is twice the forward's
+    matrix products (the gradients of both operands: even the input's, since the input LayerNorm
+    has weights), except the weight gradients of those two matrix-vector products (outer
+    products, not counted), plus, for the causal ones, 8 B T h: four reductions over the hidden
+    units that `replace._PrefixFC1`'s backward runs as matrix products.
     """
     k = 3 if backward else 1
     if isinstance(module, (CausalFFSelfAttention, CausalFFCrossAttention)):
         ff, d = module.ff, module.d_model
         h, D = ff.fc1.out_features, ff.fc1.in_features
-        memory = 2 * (D - module.max_len * d) * h  # the memory's slots in front (cross) or none
-        return k * B * (4 * T * d * h + memory) + (2 if backward else 1) * 4 * h * D
+        memory = 2 * (S if S is not None else T) * d * h * isinstance(module, CausalFFCrossAttention)
+        reductions = 8 * B * T * h if backward else 0
+        return k * B * (4 * T * d * h + memory) + (2 if backward else 1) * 4 * h * D + reductions
     if isinstance(module, FFSeparateHeads):
         f = module.heads
         if not replace.SKIP_PADDING:

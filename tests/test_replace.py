@@ -152,18 +152,29 @@ def test_one_pass_equals_per_position_reference(cls):
         assert fast.abs().max() > 0.1
 
 
-def test_one_pass_gradients_equal_reference():
-    """Distillation trains through the one-pass form: its gradients are the loop's."""
+@pytest.mark.parametrize("cls", [CausalFFSelfAttention, CausalFFCrossAttention])
+@pytest.mark.parametrize("T", [L, 4, 1])
+def test_one_pass_gradients_equal_reference(cls, T):
+    """Distillation trains through the one-pass form and its hand-written backward
+    (`_PrefixFC1`): every parameter's and input's gradient is the loop's."""
     torch.manual_seed(0)
-    mod = randomize(CausalFFCrossAttention(D, L, 12).double())
-    x, x_pad, mem, mem_pad = batch(dtype=torch.float64)
+    mod = randomize(cls(D, L, 12).double())
+    x, x_pad, mem, mem_pad = batch(T=T, dtype=torch.float64)
+    x = (x * 2 + 0.7).requires_grad_()  # a non-zero mean
+    mem = mem.requires_grad_() if cls is CausalFFCrossAttention else None
+    mem_pad = mem_pad if mem is not None else None
     target = torch.randn_like(x)
     grads = []
     for fn in (mod.forward_heads, lambda *a: per_position_reference(mod.ff, *a)):
         mod.zero_grad()
+        x.grad = None
+        if mem is not None:
+            mem.grad = None
         ((fn(x, x_pad, mem, mem_pad) - target) ** 2).sum().backward()
-        grads.append([p.grad.clone() for p in mod.ff.parameters()])
+        grads.append([p.grad.clone() for p in mod.ff.parameters()] + [x.grad.clone()]
+                     + ([mem.grad.clone()] if mem is not None else []))
     for fast, slow in zip(*grads):
+        assert slow.abs().max() > 0
         torch.testing.assert_close(fast, slow, rtol=0, atol=1e-8)
 
 
