@@ -115,6 +115,7 @@ def main(argv=None):
                    help="also run the causal students with replace._causal_pass of this git revision")
     p.add_argument("--out", default=None, help="write the figures as JSON here")
     args = p.parse_args(argv)
+    _code.against = False
     against = _causal_pass_at(args.against, p) if args.against else None
     if args.ranks is not None and args.ranks < 2:
         p.error(f"--ranks {args.ranks}: give 2 or more processes (one process is the run without --ranks)")
@@ -278,6 +279,8 @@ def _causal_pass_at(rev: str, p: argparse.ArgumentParser):
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module  # its dataclasses look their module up
     exec(compile(src, f"{rev}:ffattn/replace.py", "exec"), module.__dict__)
+    if not hasattr(module, "_causal_pass"):
+        p.error(f"--against {rev}: its ffattn/replace.py has no _causal_pass")
     _code.against = True
     return module._causal_pass
 

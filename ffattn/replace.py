@@ -438,8 +438,8 @@ class _PrefixFC1(torch.autograd.Function):
         P_i   = sum_{j<=i} A_j (g_j x_j),   proj0 = A_mem (g_mem m) (+ a decoding carry)
 
     for all positions i at once. Autograd's own backward of these few lines copied,
-    zero-filled and flipped (T, B, hidden) tensors several times a step and built five
-    weight-sized gradients of fc1 (one per use of A) to add up; this one keeps the work
+    zero-filled and flipped (T, B, hidden) tensors several times a step and built three or
+    four weight-sized gradients of fc1 to add up; this one keeps the work
     time-major and contiguous, sums prefixes and suffixes in place (`_prefix_sum_`), writes
     fc1's gradient into one buffer, and reads its output instead of saving P
     (P + proj0 - mean * A g = (pre - bias) / r). A whole epoch at `tiny` ran 1.4x as fast
@@ -457,7 +457,7 @@ class _PrefixFC1(torch.autograd.Function):
         h = A.shape[0]
         bias, Ag = consts if consts is not None else (A @ b + c1, A @ g)
         P = torch.bmm(xg, A.view(h, -1, d)[:, lo:lo + T].permute(1, 2, 0))  # (T, B, h): block j on token j
-        P = _prefix_sum_(P.to(xg.dtype))  # under bf16 autocast the sums stay in fp32, as autocast's cumsum does
+        P = _prefix_sum_(P.to(xg.dtype))  # under bf16 autocast the sums are kept in fp32
         if mg is not None:
             P += mg.flatten(1) @ A[:, :mg.shape[1] * d].T
         if carry is not None:
@@ -476,7 +476,7 @@ class _PrefixFC1(torch.autograd.Function):
         T, B, d = xg.shape
         h, lo = A.shape[0], ctx.lo
         G = G.to(pre.dtype).contiguous()
-        bias, Ag = bias.to(G.dtype), Ag.to(G.dtype)  # bf16 under autocast; the sums are not
+        bias, Ag = bias.to(G.dtype), Ag.to(G.dtype)  # A g is bf16 under autocast; the sums are not
         dot = (G.view(T * B, 1, h) @ pre.view(T * B, h, 1)).view(T, B)  # sum over h of G * pre
         g_rstd = (dot - G @ bias) / rstd
         R = G * rstd[..., None]  # the gradient of P + proj0 - mean * A g
@@ -519,7 +519,8 @@ def _causal_pass(ff: ShallowFF, x, x_pad, max_len: int, state=None, memory=None,
 
     With `state` (a dict), the prefix sums continue from the previous call and are stored
     back: step-by-step decoding keeps three running sums, a position counter and the two
-    weight-only vectors (A b + bias, A g), no cache that grows.
+    weight-only vectors (A b + bias, A g), no cache that grows. That path is for decoding:
+    no gradient flows through the carried state into earlier steps.
     """
     B, T, d = x.shape
     D, h = ff.fc1.in_features, ff.fc1.out_features
@@ -550,7 +551,8 @@ def _causal_pass(ff: ShallowFF, x, x_pad, max_len: int, state=None, memory=None,
     pre, last, *consts = _PrefixFC1.apply(xg, mg, A, g, b, ff.fc1.bias, lead + start, carry, mean, rstd,
                                          None if state is None else state.get("consts"))
     if state is not None:
-        state.update(proj=last, s1=s1[-1], s2=s2[-1], pos=start + T, consts=tuple(consts))
+        # decoding runs without gradients (decode.py, under no_grad): the carried sums are constants
+        state.update(proj=last, s1=s1[-1].detach(), s2=s2[-1].detach(), pos=start + T, consts=tuple(consts))
 
     a = ff.ln_hidden(ff.act(pre))
     W2 = ff.fc2.weight.view(max_len, -1, h)[start:start + T]  # rows of block i, per i: (T, d, h)
