@@ -76,8 +76,9 @@ def budget_lines(df: pd.DataFrame) -> str:
         line = f"- {pair}: {d['budget'].iloc[0]}"
         if "students_at_cap" in d:  # each student counted once (the attentionless cells reuse others)
             own = d[d.trained & ~d.group.str.startswith("attentionless")]
-            line += (f"; {int(own.students_at_cap.sum())} of {int(own.students.sum())} students stopped at the cap, "
-                     f"still improving, the others on a plateau")
+            at_cap, n = int(own.students_at_cap.sum()), int(own.students.sum())
+            line += (f"; {at_cap} of {n} students stopped at the cap, still improving"
+                     + (", the others on a plateau" if at_cap < n else ""))
         lines.append(line)
     return "\n".join(lines)
 

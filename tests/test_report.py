@@ -81,7 +81,10 @@ def test_the_budget_line_counts_the_students_the_cap_stopped():
     df.loc[(df.group == "encoder") & (df.scheme == "ALRR"), "students_at_cap"] = 2  # 4 cells x 2 layers
     text = report.budget_lines(df)
     trained_cells = int((df.trained & ~df.group.str.startswith("attentionless") & (df.group != "teacher")).sum())
-    assert f"8 of {2 * trained_cells} students stopped at the cap" in text
+    assert f"8 of {2 * trained_cells} students stopped at the cap, still improving, the others on a plateau" in text
+    df["students_at_cap"] = df["students"]  # all at the cap: no "others"
+    assert report.budget_lines(df).endswith(f"{2 * trained_cells} of {2 * trained_cells} students stopped at the cap, "
+                                            "still improving")
 
 
 def test_book_row_lookup():
