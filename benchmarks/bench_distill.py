@@ -115,7 +115,6 @@ def main(argv=None):
                    help="also run the causal students with replace._causal_pass of this git revision")
     p.add_argument("--out", default=None, help="write the figures as JSON here")
     args = p.parse_args(argv)
-    _code.against = False
     against = _causal_pass_at(args.against, p) if args.against else None
     if args.ranks is not None and args.ranks < 2:
         p.error(f"--ranks {args.ranks}: give 2 or more processes (one process is the run without --ranks)")
@@ -181,7 +180,7 @@ def main(argv=None):
             if prec == "bf16":
                 row["ratio_epoch_bf16"] = row["gflops_epoch"] / peak["bf16"]
             rows.append(row)
-            print(f"  {row['student']:22s} {prec} b{batch:<4d} {width:5s} {_code(impl)}{row['tflop']:7.2f} TFLOP  epoch {wall:6.1f} s "
+            print(f"  {row['student']:22s} {prec} b{batch:<4d} {width:5s} {_code(impl, args.against)}{row['tflop']:7.2f} TFLOP  epoch {wall:6.1f} s "
                   f"(steps {hist['seconds']:6.1f}, loading {hist['loading_seconds']:4.1f}, "
                   f"held-out {hist['heldout_seconds']:4.1f}; MSE {hist['heldout_mse']:.4g})"
                   f"  {row['gflops_epoch']:5.0f} GFLOP/s = {row['ratio_epoch']:4.0%} of the fp32 matmul rate"
@@ -191,8 +190,8 @@ def main(argv=None):
         n = sum(c in mine for *_, c in settings)
         first = rows[-n]
         for r in rows[len(rows) - n + 1:]:
-            print(f"  {'':22s} {r['precision']} b{r['batch']} {r['width']} {_code(r['code'])}against "
-                  f"{first['precision']} b{first['batch']} {first['width']} {_code(first['code'])}: "
+            print(f"  {'':22s} {r['precision']} b{r['batch']} {r['width']} {_code(r['code'], args.against)}against "
+                  f"{first['precision']} b{first['batch']} {first['width']} {_code(first['code'], args.against)}: "
                   f"{first['epoch_s'] / r['epoch_s']:.2f}x the speed")
     after = matmul_gflops("cpu", sizes=(2048, 4096))
     best = max(peak["fp32"], after)
@@ -200,7 +199,7 @@ def main(argv=None):
           f"against the better of the two, {best:.0f} GFLOP/s:")
     for row in rows:
         row["ratio_epoch_best"] = row["gflops_epoch"] / best
-        print(f"  {row['student']:22s} {row['precision']} b{row['batch']:<4d} {row['width']:5s} {_code(row['code'])}"
+        print(f"  {row['student']:22s} {row['precision']} b{row['batch']:<4d} {row['width']:5s} {_code(row['code'], args.against)}"
               f"{row['ratio_epoch_best']:4.0%}"
               + (f" (full-width equivalent {row['gflops_full_equiv'] / best:4.0%})" if row["width"] == "spans" else ""))
     if args.ranks:
@@ -256,12 +255,9 @@ def _is_causal(s: Student) -> bool:
     return s.where in ("decoder", "cross_causal")
 
 
-def _code(impl: str) -> str:
+def _code(impl: str, against: str | None) -> str:
     """The code column of a printed row: blank without --against."""
-    return "" if impl == "this" and not _code.against else f"{impl[:9]:9s} "
-
-
-_code.against = False
+    return f"{impl[:9]:9s} " if against else ""
 
 
 def _causal_pass_at(rev: str, p: argparse.ArgumentParser):
@@ -281,7 +277,6 @@ def _causal_pass_at(rev: str, p: argparse.ArgumentParser):
     exec(compile(src, f"{rev}:ffattn/replace.py", "exec"), module.__dict__)
     if not hasattr(module, "_causal_pass"):
         p.error(f"--against {rev}: its ffattn/replace.py has no _causal_pass")
-    _code.against = True
     return module._causal_pass
 
 
