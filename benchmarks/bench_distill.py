@@ -20,6 +20,9 @@ both cross-attention forms at L, on the cached teacher of a preset:
   zeros beyond a batch's longest sentence in the non-causal FF students' products, `full`
   multiplies all max_len positions (the same function, as before). Each row also gives the
   full-width FLOPs over its time: the rate the old, dense step would have needed to match it.
+- the allocator: `--heap off on` runs each student's epoch with glibc's own policy for large
+  buffers (over 32 MB: mapped fresh from the kernel at every step, page faults and zeroing
+  included) and under `train.heap_memory` (the default: kept in the heap and reused), side by side.
 - another revision's causal pass: `--against REV` also runs each causal student's epoch with
   `replace._causal_pass` as it stood at git revision REV (loaded from `git show`), right after
   this tree's: the same students, batches and weights, side by side in one run.
@@ -30,7 +33,7 @@ both cross-attention forms at L, on the cached teacher of a preset:
   process's end, against the same square matmul (all threads) as the one-process figures.
 
     python benchmarks/bench_distill.py --preset tiny [--batch 128 512] [--precision fp32 bf16] [--width spans full]
-        [--compile causal] [--students 'encoder ALR-L,decoder ALR-L'] [--against 5223e82] [--ranks 2]
+        [--heap off on] [--compile causal] [--students 'encoder ALR-L,decoder ALR-L'] [--against 5223e82] [--ranks 2]
         [--out bench_distill.json]
 """
 from __future__ import annotations
@@ -49,7 +52,7 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from ffattn import experiments, replace
+from ffattn import experiments, replace, train
 from ffattn.config import get_config
 from ffattn.distributed import balanced
 from ffattn.distill import Student, _adam, epoch_batches, masked_mse, new_student, train_students
@@ -104,6 +107,9 @@ def main(argv=None):
     p.add_argument("--width", nargs="+", default=None, choices=("spans", "full"),
                    help="the non-causal students' products: padding skipped (spans), at full width, or both side by side "
                         "(default: replace.SKIP_PADDING's)")
+    p.add_argument("--heap", nargs="+", default=None, choices=("on", "off"),
+                   help="train.heap_memory during training (on: large buffers reused from the heap) or glibc's "
+                        "own policy (off), or both side by side (default: train.HEAP_MEMORY's)")
     p.add_argument("--compile", default=None, choices=("off", "causal", "all"),
                    help="distill_compile (default: the preset's)")
     p.add_argument("--students", default=None,
@@ -119,8 +125,9 @@ def main(argv=None):
     if args.ranks is not None and args.ranks < 2:
         p.error(f"--ranks {args.ranks}: give 2 or more processes (one process is the run without --ranks)")
     if args.ranks and (len(args.batch or []) > 1 or len(args.precision or []) > 1 or len(args.width or []) > 1
-                       or args.against):
-        p.error("--ranks takes one --batch, one --precision, one --width and no --against: the processes run one setting")
+                       or len(args.heap or []) > 1 or args.against):
+        p.error("--ranks takes one --batch, one --precision, one --width, one --heap and no --against: "
+                "the processes run one setting")
     if args.threads:
         torch.set_num_threads(args.threads)
     cfg = get_config(args.preset, pair=args.pair)
@@ -130,8 +137,10 @@ def main(argv=None):
     if min(batches) <= 0:
         p.error(f"--batch {min(batches)}: a batch holds at least one sentence")
     widths = list(dict.fromkeys(args.width or ["spans" if replace.SKIP_PADDING else "full"]))
+    heaps = list(dict.fromkeys(args.heap or ["on" if train.HEAP_MEMORY else "off"]))
     impls = ["this"] + ([args.against] if args.against else [])
-    settings = [(prec, b, w, c) for b in batches for w in widths for prec in precisions for c in impls]  # one after the other
+    settings = [(prec, b, w, c, h) for b in batches for w in widths for prec in precisions for c in impls
+                for h in heaps]  # one after the other
     wanted = [n.strip() for n in args.students.split(",")] if args.students else [_label(s) for s in STUDENTS]
     unknown = sorted(set(wanted) - {_label(s) for s in STUDENTS})
     if unknown:
@@ -140,14 +149,14 @@ def main(argv=None):
     t = experiments.teacher(cfg, progress=False)
     rec_train, rec_valid = experiments.recordings(t, progress=False)
     if args.worker:
-        with _width(settings[0][2]):  # --ranks: one setting, this tree's code
+        with _width(settings[0][2]), _heap(settings[0][4]):  # --ranks: one setting, this tree's code
             return _worker(args.worker, t, students, rec_train, rec_valid, cfg.replace(
                 distill_precision=settings[0][0], distill_batch=settings[0][1]))
     peak = {"fp32": matmul_gflops("cpu", sizes=(2048, 4096))}
     if "bf16" in precisions:
         peak["bf16"] = matmul_gflops("cpu", sizes=(2048, 4096), dtype=torch.bfloat16)
     print(f"{args.preset}: {len(rec_train):,} sentences an epoch, batch {', '.join(map(str, batches))}, "
-          f"width {', '.join(widths)}, "
+          f"width {', '.join(widths)}, heap memory {', '.join(heaps)}, "
           f"{torch.get_num_threads()} threads, compile {cfg.distill_compile}; square matmul "
           + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in peak.items()))
     rows = []
@@ -159,18 +168,19 @@ def main(argv=None):
                 for c in mine:
                     with _width(w), _causal(against if c != "this" else None):
                         counted[b, w, c] = epoch_flops(t, s, rec_train, b)
-        for prec, batch, width, impl in settings:
+        for prec, batch, width, impl, heap in settings:
             if impl not in mine:
                 continue
             # under bf16 autocast every student runs at full width (`replace._skips_padding`)
             flops, full = counted[batch, width if prec == "fp32" else "full", impl], counted[batch, "full", impl]
-            with tempfile.TemporaryDirectory() as tmp, _width(width), _causal(against if impl != "this" else None):
+            with tempfile.TemporaryDirectory() as tmp, _width(width), _causal(against if impl != "this" else None), \
+                    _heap(heap):
                 t0 = time.perf_counter()
                 hist = train_students(t.model, [s], rec_train, rec_valid,
                                       cfg.replace(distill_precision=prec, distill_batch=batch), tmp,
                                       progress=False)[s][0]
                 wall = time.perf_counter() - t0
-            row = {"student": _label(s), "precision": prec, "batch": batch, "width": width, "code": impl,
+            row = {"student": _label(s), "precision": prec, "batch": batch, "width": width, "code": impl, "heap": heap,
                    "tflop": flops / 1e12, "tflop_full": full / 1e12, "gflops_full_equiv": full / wall / 1e9,
                    "epoch_s": wall,
                    "steps_s": hist["seconds"], "loading_s": hist["loading_seconds"],
@@ -180,18 +190,20 @@ def main(argv=None):
             if prec == "bf16":
                 row["ratio_epoch_bf16"] = row["gflops_epoch"] / peak["bf16"]
             rows.append(row)
-            print(f"  {row['student']:22s} {prec} b{batch:<4d} {width:5s} {_code(impl, args.against)}{row['tflop']:7.2f} TFLOP  epoch {wall:6.1f} s "
+            print(f"  {row['student']:22s} {prec} b{batch:<4d} {width:5s} {_code(impl, args.against)}{_h(heap, heaps)}"
+                  f"{row['tflop']:7.2f} TFLOP  epoch {wall:6.1f} s "
                   f"(steps {hist['seconds']:6.1f}, loading {hist['loading_seconds']:4.1f}, "
                   f"held-out {hist['heldout_seconds']:4.1f}; MSE {hist['heldout_mse']:.4g})"
                   f"  {row['gflops_epoch']:5.0f} GFLOP/s = {row['ratio_epoch']:4.0%} of the fp32 matmul rate"
                   + (f", {row['ratio_epoch_bf16']:4.0%} of the bf16 one" if prec == "bf16" else "")
                   + (f"; full width's {row['tflop_full']:.2f} TFLOP in this time: {row['gflops_full_equiv']:.0f} GFLOP/s"
                      if width == "spans" else ""), flush=True)
-        n = sum(c in mine for *_, c in settings)
+        n = sum(c in mine for *_, c, _h_ in settings)
         first = rows[-n]
         for r in rows[len(rows) - n + 1:]:
-            print(f"  {'':22s} {r['precision']} b{r['batch']} {r['width']} {_code(r['code'], args.against)}against "
-                  f"{first['precision']} b{first['batch']} {first['width']} {_code(first['code'], args.against)}: "
+            print(f"  {'':22s} {r['precision']} b{r['batch']} {r['width']} {_code(r['code'], args.against)}"
+                  f"{_h(r['heap'], heaps)}against {first['precision']} b{first['batch']} {first['width']} "
+                  f"{_code(first['code'], args.against)}{_h(first['heap'], heaps)}: "
                   f"{first['epoch_s'] / r['epoch_s']:.2f}x the speed")
     after = matmul_gflops("cpu", sizes=(2048, 4096))
     best = max(peak["fp32"], after)
@@ -200,11 +212,11 @@ def main(argv=None):
     for row in rows:
         row["ratio_epoch_best"] = row["gflops_epoch"] / best
         print(f"  {row['student']:22s} {row['precision']} b{row['batch']:<4d} {row['width']:5s} {_code(row['code'], args.against)}"
-              f"{row['ratio_epoch_best']:4.0%}"
+              f"{_h(row['heap'], heaps)}{row['ratio_epoch_best']:4.0%}"
               + (f" (full-width equivalent {row['gflops_full_equiv'] / best:4.0%})" if row["width"] == "spans" else ""))
     if args.ranks:
         result_ranks = _ranks(args, argv, students, rows, best)
-    result = {"preset": args.preset, "batches": batches, "widths": widths, "against": args.against,
+    result = {"preset": args.preset, "batches": batches, "widths": widths, "heaps": heaps, "against": args.against,
               "sentences": len(rec_train),
               "compile": cfg.distill_compile, "threads": torch.get_num_threads(),
               "cpu": platform.processor() or platform.machine(), "torch": torch.__version__,
@@ -289,6 +301,21 @@ def _causal(fn):
         yield
     finally:
         replace._causal_pass = old
+
+
+def _h(heap: str, heaps: list[str]) -> str:
+    """The heap column of a printed row: blank unless --heap gives both."""
+    return f"heap {heap:3s} " if len(heaps) > 1 else ""
+
+
+@contextmanager
+def _heap(heap: str):
+    """`train.HEAP_MEMORY` for one setting: large buffers kept in the heap (on) or glibc's policy (off)."""
+    old, train.HEAP_MEMORY = train.HEAP_MEMORY, heap == "on"
+    try:
+        yield
+    finally:
+        train.HEAP_MEMORY = old
 
 
 @contextmanager

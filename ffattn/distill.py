@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from . import distributed as dd
 from .data import pad_batch
 from .replace import CausalFFCrossAttention, CausalFFSelfAttention, build_replacement, count_params, record_io
-from .train import autocast, cpu_has_bf16
+from .train import autocast, cpu_has_bf16, heap_memory
 from .files import load_checkpoint, locks, save_atomic, write_atomic
 
 
@@ -112,6 +112,7 @@ class Recording:
         return {k: (v.to(self.device) if v is not None else None) for k, v in out.items()}
 
 
+@heap_memory()
 def record(model, src_ids, tgt_ids, sources, folder: Path, batch_size: int = 128,
            progress: bool = True) -> Recording:
     """Record each source's (input, target) for the given sentences, or reuse a complete
@@ -365,6 +366,7 @@ def load_student(teacher, s: Student, cfg, folder: Path):
     return st["module"].eval(), st["history"]
 
 
+@heap_memory()
 def train_students(teacher, students: list[Student], rec_train: Recording, rec_valid: Recording,
                    cfg, folder: Path, progress: bool = True) -> dict:
     """Train (or resume) every unfinished student until it stops; returns {Student: history}.

@@ -23,7 +23,7 @@ from .data import token_batches
 from .distill import _adam
 from .files import load_checkpoint, save_atomic
 from .replace import FFCrossAttention
-from .train import autocast, batch_loss, valid_bleu, validation_loss
+from .train import autocast, heap_memory, batch_loss, valid_bleu, validation_loss
 
 
 LEAK = ("the paper's (non-causal) cross-attention form reads the target tokens it must predict, "
@@ -37,6 +37,7 @@ def check_causal(model) -> None:
         raise ValueError(f"cannot fine-tune {leaky[0]}: {LEAK}")
 
 
+@heap_memory()
 def finetune(model, data, path: Path, key: str, epochs: int, lr: float, sentences: int = 0,
              label_smoothing: float = 0.1, seed: int = 0, bleu_sentences: int = 0,
              precision: str = "fp32", progress: bool = True) -> list[dict]:

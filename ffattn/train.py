@@ -12,8 +12,11 @@ rank 0 alone writes the checkpoints.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import functools
 import json
 import math
+import platform
 import time
 from pathlib import Path
 
@@ -52,6 +55,58 @@ def autocast(precision: str, device: torch.device, cpu_bf16: bool = False):
             yield
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+HEAP_MEMORY = True  # False: glibc's own policy (benchmarks/bench_distill.py --heap on off compares them)
+_HEAP_DEPTH = [0]
+
+
+@contextlib.contextmanager
+def heap_memory():
+    """Large tensors from the process's heap while training, not fresh pages from the kernel.
+
+    glibc serves an allocation above its mmap threshold (at most 32 MB: a large student's
+    gradients and activations) with a new mapping and unmaps it on free, so every step paid
+    page faults and zeroing for the same buffers again: on this project's 2 cores a third of
+    a causal student's epoch at `tiny` (benchmarks/bench_distill.py, README). Inside the block
+    glibc keeps freed memory in its heap for the next step (M_MMAP_MAX 0, a high trim
+    threshold); at the end of the outermost block it goes back to the system (malloc_trim).
+    The same arithmetic; where the C library is not glibc, nothing changes."""
+    libc = _glibc()
+    if libc is None or _HEAP_DEPTH[0] or not HEAP_MEMORY:
+        _HEAP_DEPTH[0] += 1
+        try:
+            yield
+        finally:
+            _HEAP_DEPTH[0] -= 1
+        return
+    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_MMAP_MAX = -1, -3, -4
+    libc.mallopt(M_MMAP_MAX, 0)
+    libc.mallopt(M_TRIM_THRESHOLD, 2 ** 31 - 1)
+    _HEAP_DEPTH[0] += 1
+    try:
+        yield
+    finally:
+        _HEAP_DEPTH[0] -= 1
+        # then where glibc's own adjustment ends in a process that frees large buffers (setting
+        # any of these turns that adjustment off): mappings above 32 MB, trimming above 64 MB
+        libc.mallopt(M_MMAP_MAX, 65536)
+        libc.mallopt(M_MMAP_THRESHOLD, 32 << 20)
+        libc.mallopt(M_TRIM_THRESHOLD, 64 << 20)
+        libc.malloc_trim(0)
+
+
+@functools.lru_cache(maxsize=1)
+def _glibc():
+    """The process's glibc through ctypes (for mallopt), or None on another C library."""
+    if platform.system() != "Linux" or not platform.libc_ver()[0] == "glibc":
+        return None
+    try:
+        libc = ctypes.CDLL(None)
+        libc.mallopt.argtypes, libc.malloc_trim.argtypes = [ctypes.c_int, ctypes.c_int], [ctypes.c_size_t]
+        return libc
+    except (OSError, AttributeError):
+        return None
 
 
 def cpu_has_bf16() -> bool:
@@ -94,6 +149,7 @@ def validation_loss(model, batches) -> float:
     return total / max(n, 1)
 
 
+@heap_memory()
 def train_teacher(cfg, data, run_dir: Path, progress: bool = True, stop_after_epoch: int | None = None):
     """Train (or resume training) the teacher of `cfg` on `data`; returns (model, history).
 

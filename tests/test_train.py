@@ -4,7 +4,7 @@ import json
 import pytest
 import torch
 
-from ffattn import experiments
+from ffattn import experiments, train
 from ffattn.config import get_config
 from ffattn.data import prepare
 from ffattn.evaluate import score
@@ -180,3 +180,40 @@ def test_a_run_folder_refuses_another_config_but_not_an_older_file(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({**old, "d_model": 128}))
     with pytest.raises(ValueError, match="holds a run of another config"):
         _write_config(cfg, tmp_path)
+
+
+
+def _minor_faults() -> int:
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+def _rss_bytes() -> int:
+    import resource
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize()
+
+
+def _fill_and_free(mb: int, n: int = 1) -> None:
+    for _ in range(n):  # above glibc's largest mmap threshold (32 MB)
+        torch.empty((mb << 20) // 4).fill_(1.0)
+
+
+@pytest.mark.skipif(train._glibc() is None, reason="heap_memory changes nothing outside glibc")
+def test_heap_memory_reuses_large_buffers_and_gives_them_back():
+    import resource
+    pages = (64 << 20) // resource.getpagesize()
+    start = _minor_faults()
+    _fill_and_free(64, 8)
+    assert _minor_faults() - start > 6 * pages  # glibc's own policy: a fresh mapping each time
+    with train.heap_memory():
+        with train.heap_memory():  # nested: the inner end keeps the outer block's setting
+            pass
+        _fill_and_free(64, 16)  # the heap grows to a layout that fits (3 to 8 rounds measured)
+        start = _minor_faults()
+        _fill_and_free(64, 8)
+        assert _minor_faults() - start < pages  # then the same memory again
+        _fill_and_free(256)
+        held = _rss_bytes()
+    assert train._HEAP_DEPTH == [0]
+    assert held - _rss_bytes() > 200 << 20  # at the end, the free heap goes back to the system
