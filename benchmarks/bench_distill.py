@@ -198,7 +198,7 @@ def main(argv=None):
                   + (f", {row['ratio_epoch_bf16']:4.0%} of the bf16 one" if prec == "bf16" else "")
                   + (f"; full width's {row['tflop_full']:.2f} TFLOP in this time: {row['gflops_full_equiv']:.0f} GFLOP/s"
                      if width == "spans" else ""), flush=True)
-        n = sum(c in mine for *_, c, _h_ in settings)
+        n = sum(impl in mine for _, _, _, impl, _ in settings)
         first = rows[-n]
         for r in rows[len(rows) - n + 1:]:
             print(f"  {'':22s} {r['precision']} b{r['batch']} {r['width']} {_code(r['code'], args.against)}"

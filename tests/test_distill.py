@@ -286,6 +286,7 @@ def test_the_distill_benchmark_hands_its_processes_their_students_and_names_bad_
     argv = ["--preset", "tiny", "--ranks", "2", "--students", "encoder ALR-L,encoder ELR-L", "--out=x.json", "--batch", "128"]
     assert _without(argv, "--ranks", "--students", "--out") == ["--preset", "tiny", "--batch", "128"]
     for flags, said in ((["--ranks", "1"], "--ranks 1"), (["--ranks", "2", "--batch", "128", "512"], "one --batch"),
+                        (["--ranks", "2", "--heap", "off", "on"], "one --heap"), (["--heap", "maybe"], "'maybe'"),
                         (["--against", "no-such-revision"], "--against no-such-revision")):
         out = subprocess.run([sys.executable, str(bench / "bench_distill.py"), *flags], capture_output=True, text=True)
         assert out.returncode == 2 and said in out.stderr and "Traceback" not in out.stderr, out.stderr
