@@ -13,7 +13,8 @@ anonymous memory (RssAnon: its own pages, what the limit is about) and reads its
 (VmHWM: that plus the pages of the memory-mapped recording it touched, which the kernel can
 drop); rank 0 prints both summed over the ranks (torchrun's launcher, about 0.15 GB, not
 counted). Run it with `--memory-gb 0` (no limit) and without (the preset's limit), one after
-the other: the two lines side by side are the comparison; the README has them.
+the other: the two lines side by side are the comparison; the README has them. `--heap off`
+trains without `train.heap_memory` (glibc's own policy for large buffers), to compare its cost.
 """
 from __future__ import annotations
 
@@ -73,6 +74,8 @@ def main(argv=None) -> int:
     p.add_argument("--sentences", type=int, default=2000, help="training sentences of each epoch (default 2000)")
     p.add_argument("--epochs", type=int, default=2,
                    help="epochs (default 2: from the second on, a student also keeps its best weights)")
+    p.add_argument("--heap", default="on", choices=("on", "off"),
+                   help="train.heap_memory while the students train (on, the default) or glibc's own policy (off)")
     args = p.parse_args(argv)
     if args.sentences <= 0:
         p.error(f"--sentences {args.sentences}: give a positive number of sentences")
@@ -82,10 +85,11 @@ def main(argv=None) -> int:
         p.error(f"--memory-gb {args.memory_gb}: give 0 (no limit) or more")
 
     from ffattn import distributed as dd
-    from ffattn import experiments
+    from ffattn import experiments, train
     from ffattn.config import get_config
     from ffattn.distill import BYTES_PER_PARAM, memory_share, training_bytes, turns
 
+    train.HEAP_MEMORY = args.heap == "on"
     dd.init()
     over = {"distill_memory_gb": args.memory_gb} if args.memory_gb is not None else {}
     cfg = get_config(args.preset, distill_sentences=args.sentences, distill_epochs=args.epochs, distill_patience=0,
@@ -119,7 +123,7 @@ def main(argv=None) -> int:
             shutil.rmtree(scratch, ignore_errors=True)
     if dd.is_main():
         gb = sum(training_bytes(s, cfg) for s in mine) / 1e9
-        print(f"{args.preset}, {dd.world()} process(es), distill_memory_gb={cfg.distill_memory_gb:g} "
+        print(f"{args.preset}, {dd.world()} process(es), heap memory {args.heap}, distill_memory_gb={cfg.distill_memory_gb:g} "
               f"({limit / 1e9:.2f} GB a process; 0 is no limit): rank 0's group of {len(mine)} students "
               f"({gb:.2f} GB at {BYTES_PER_PARAM} bytes a parameter) in {len(plan)} turn(s): "
               + "; ".join(", ".join(f"{s.scheme}-{s.size}" for s in turn) for turn in plan))

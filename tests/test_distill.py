@@ -268,7 +268,8 @@ def test_the_memory_benchmark_takes_one_recordings_largest_group_and_names_bad_f
         sys.path.remove(str(bench))
     students = group(1)
     assert len(set(students)) == 8 and {s.source for s in students} == {("encoder", 1, "ALR")}
-    for flag, said in (("--sentences=0", "--sentences 0"), ("--memory-gb=-1", "--memory-gb -1.0")):
+    for flag, said in (("--sentences=0", "--sentences 0"), ("--memory-gb=-1", "--memory-gb -1.0"),
+                       ("--heap=maybe", "'maybe'")):
         out = subprocess.run([sys.executable, str(bench / "bench_memory.py"), flag], capture_output=True, text=True)
         assert out.returncode == 2 and said in out.stderr and "Traceback" not in out.stderr, out.stderr
 
