@@ -293,39 +293,34 @@ def _causal_pass_at(rev: str, p: argparse.ArgumentParser):
 
 
 @contextmanager
-def _causal(fn):
-    """`replace._causal_pass` replaced by `fn` (another revision's), or left as it is (None)."""
-    old = replace._causal_pass
-    replace._causal_pass = fn or old
+def _set(module, name: str, value):
+    """`module.name` set to `value` for one setting of the benchmark, then put back."""
+    old = getattr(module, name)
+    setattr(module, name, value)
     try:
         yield
     finally:
-        replace._causal_pass = old
+        setattr(module, name, old)
+
+
+def _causal(fn):
+    """`replace._causal_pass` replaced by `fn` (another revision's), or left as it is (None)."""
+    return _set(replace, "_causal_pass", fn or replace._causal_pass)
+
+
+def _heap(heap: str):
+    """`train.HEAP_MEMORY` for one setting: large buffers kept in the heap (on) or glibc's policy (off)."""
+    return _set(train, "HEAP_MEMORY", heap == "on")
+
+
+def _width(width: str):
+    """`replace.SKIP_PADDING` for one setting: spans (padding skipped) or full width."""
+    return _set(replace, "SKIP_PADDING", width == "spans")
 
 
 def _h(heap: str, heaps: list[str]) -> str:
     """The heap column of a printed row: blank unless --heap gives both."""
     return f"heap {heap:3s} " if len(heaps) > 1 else ""
-
-
-@contextmanager
-def _heap(heap: str):
-    """`train.HEAP_MEMORY` for one setting: large buffers kept in the heap (on) or glibc's policy (off)."""
-    old, train.HEAP_MEMORY = train.HEAP_MEMORY, heap == "on"
-    try:
-        yield
-    finally:
-        train.HEAP_MEMORY = old
-
-
-@contextmanager
-def _width(width: str):
-    """`replace.SKIP_PADDING` for one setting: spans (padding skipped) or full width."""
-    old, replace.SKIP_PADDING = replace.SKIP_PADDING, width == "spans"
-    try:
-        yield
-    finally:
-        replace.SKIP_PADDING = old
 
 
 def _without(argv: list[str], *flags: str) -> list[str]:
