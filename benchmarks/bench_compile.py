@@ -20,7 +20,7 @@ distilled as the grid distils them, from the teacher's recording, once eager and
 each into a scratch copy of the cache (the cache gets only the teacher and its recording, when
 they are not there yet); `--sentences` and `--epochs` make it shorter. Eager runs first, on a
 page cache that may not hold the recording yet: if anything, that favours the compiled run.
-The setting `distill_compile` rests on these figures; the README has them.
+The setting `distill_compile` rests on these figures; benchmarks/README.md has them.
 """
 from __future__ import annotations
 

@@ -13,7 +13,7 @@ anonymous memory (RssAnon: its own pages, what the limit is about) and reads its
 (VmHWM: that plus the pages of the memory-mapped recording it touched, which the kernel can
 drop); rank 0 prints both summed over the ranks (torchrun's launcher, about 0.15 GB, not
 counted). Run it with `--memory-gb 0` (no limit) and without (the preset's limit), one after
-the other: the two lines side by side are the comparison; the README has them. `--heap off`
+the other: the two lines side by side are the comparison; benchmarks/README.md has them. `--heap off`
 trains without `train.heap_memory` (glibc's own policy for large buffers), to compare its cost.
 """
 from __future__ import annotations

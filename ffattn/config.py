@@ -92,12 +92,12 @@ class Config:
                              "memory maps; on_the_fly: the teacher runs on each batch, nothing on disk")
     distill_compile: str = _f("off", "distill", "torch.compile the students' training steps: off, causal "
                               "(decoder and causal cross students: epochs 1.7-1.9x faster at L at small on 2 CPU cores, "
-                              "after 15-35 s of compiling each, slower overall at tiny; see the README) or all; a "
-                              "speed setting, outside the key")
+                              "after 15-35 s of compiling each, slower overall at tiny; see benchmarks/README.md) or "
+                              "all; a speed setting, outside the key")
     distill_precision: str = _f("fp32", "distill", "arithmetic of the students' training steps: fp32, tf32 (on a "
                                 "GPU) or bf16 (bfloat16 autocast, on the CPU too: epochs 1.15-1.9x faster on 2 cores "
-                                "with AVX512-BF16, far slower on a CPU without it; see the README). Held-out MSE "
-                                "and BLEU are always computed in fp32")
+                                "with AVX512-BF16, far slower on a CPU without it; see benchmarks/README.md). "
+                                "Held-out MSE and BLEU are always computed in fp32")
     distill_memory_gb: float = _f(0.0, "distill", "most memory in GB that the students trained at once may hold on "
                                   "this machine (on a GPU, per device), shared among its torchrun processes: 20 bytes "
                                   "a parameter, as measured (weights, Adam's moments, the best epoch's copy, "
@@ -199,13 +199,14 @@ PRESET_VALUES = {
     # CI and workshops: minutes on 2 CPU cores. Five epochs underfit, so no dropout. Students: at
     # most 5 epochs of the whole training set (the grid takes about an hour on 2 cores).
     "tiny": dict(),
-    # The CPU edition of the book; the README has its measured times and scores on 2 cores. Its
-    # causal students' steps are compiled: epochs at L 1.71x (decoder) and 1.93x (causal cross)
+    # The CPU edition of the book; benchmarks/README.md has its measured times and scores on 2
+    # cores. Its causal students' steps are compiled: epochs at L 1.71x (decoder) and 1.93x (causal cross)
     # faster (benchmarks/bench_compile.py --grid); at tiny compiling was slower overall, so it is off.
     # Its students stay fp32: bf16 steps ran only 1.24-1.34x faster at L here (1.9x at ELR-M),
-    # and far slower on a CPU without native bfloat16 (2.6x with AVX-512, 200x with AVX2; README).
+    # and far slower on a CPU without native bfloat16 (2.6x with AVX-512, 200x with AVX2;
+    # benchmarks/README.md).
     # One process trains a layer's eight ALR/ASLR students (4.5 GB) at once; two torchrun ranks
-    # take them in turns of at most 2.5 GB each (bench_memory.py's peaks are in the README).
+    # take them in turns of at most 2.5 GB each (bench_memory.py's peaks are in benchmarks/README.md).
     "small": dict(vocab_size=5000, d_model=128, n_heads=8, d_ff=512, n_enc=3, n_dec=3,
                   dropout=0.1, epochs=12, warmup=800, lr_factor=1.0, valid_bleu_sentences=300, distill_epochs=12,
                   distill_compile="causal", distill_memory_gb=5.0),

@@ -54,8 +54,8 @@ MEAN_TOKENS = {
 DEFAULT_EFFICIENCY = {
     "teacher": 0.25,  # teacher training and recording: tiny's 5 epochs, 7.7 TFLOP in 190 s at ~150 GFLOP/s
     "decode": 0.2,    # greedy decoding, one token a step: measured at tiny on this project's CPU, 0.22
-    "dense": 0.5,     # non-causal students: README, 54-73% at L, less for the small ones
-    "causal": 0.15,   # causal students: README, 13-21%, memory-bound (one hidden vector per position)
+    "dense": 0.5,     # non-causal students: benchmarks/README.md, 54-73% at L, less for the small ones
+    "causal": 0.15,   # causal students: benchmarks/README.md, 13-21%, memory-bound (one hidden vector per position)
 }
 EFFICIENCY_WHAT = {
     "teacher": "teacher training and recording",

@@ -443,7 +443,7 @@ class _PrefixFC1(torch.autograd.Function):
     time-major and contiguous, sums prefixes and suffixes in place (`_prefix_sum_`), writes
     fc1's gradient into one buffer, and reads its output instead of saving P
     (P + proj0 - mean * A g = (pre - bias) / r). A whole epoch at `tiny` ran 1.4x as fast
-    (`benchmarks/bench_distill.py --against`, README).
+    (`benchmarks/bench_distill.py --against`, benchmarks/README.md).
 
     xg: (T, B, d) decoder tokens times their LayerNorm gains; mg: (B, S, d) the memory times
     its gains, or None; carry: a decoding step's running sum, or None; consts: (A b + bias,

@@ -68,7 +68,7 @@ def heap_memory():
     glibc serves an allocation above its mmap threshold (at most 32 MB: a large student's
     gradients and activations) with a new mapping and unmaps it on free, so every step paid
     page faults and zeroing for the same buffers again: on this project's 2 cores a third of
-    a causal student's epoch at `tiny` (benchmarks/bench_distill.py, README). Inside the block
+    a causal student's epoch at `tiny` (benchmarks/bench_distill.py, benchmarks/README.md). Inside the block
     glibc keeps freed memory in its heap for the next step (M_MMAP_MAX 0, a high trim
     threshold); at the end of the outermost block it goes back to the system (malloc_trim).
     The same arithmetic; where the C library is not glibc, nothing changes."""
