@@ -9,7 +9,7 @@ PRESET ?= tiny
 OVERRIDES ?=
 STUDY ?=
 BATCHES ?=
-# CI cannot afford the converged tiny grid (38 min on 2 cores on 7 Dec, see the README): make test
+# CI cannot afford the converged tiny budget (make test at it: 77.5 min on 2 cores, 7-8 Dec; benchmarks/README.md): make test
 # runs every chapter on a starved budget that exercises the same code, 3000 sentences and at
 # most 2 epochs per student, a two-point budget study, and a fine-tune of one epoch on 3000
 # sentences. Every table the chapters print says so.
