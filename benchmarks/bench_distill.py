@@ -74,10 +74,12 @@ def step_flops(module, d: int, B: int, T: int, S: int, cross: bool) -> int:
     return fc.get_total_flops()
 
 
-def epoch_flops(t, s: Student, rec, batch: int) -> int:
+def epoch_flops(t, s: Student, rec, batch: int, packed: bool = False) -> int:
     """FLOPs of one epoch's training steps, counted: a step costs B (a + b T + c S) + e + f T + g S
     for B sentences whose longest has T tokens (and, for cross-attention, whose longest source has S):
-    fitted to counts at six shapes, checked at a seventh, summed over the epoch's real batches."""
+    fitted to counts at six shapes, checked at a seventh, summed over the epoch's real batches.
+    `packed` (a causal student under `replace.PACK_CAUSAL`): B T is the batch's real tokens, the
+    rows its packed pass multiplies."""
     import numpy as np
     cfg, d = t.cfg, t.cfg.d_model
     module = new_student(t.model, s, cfg.max_len, cfg.seed)
@@ -92,7 +94,13 @@ def epoch_flops(t, s: Student, rec, batch: int) -> int:
         raise RuntimeError(f"{s.name}: FLOPs of a step are not linear in its shape ({f}, {check})")
     lengths = rec.src_len if s.where == "encoder" else rec.tgt_len
     batches = epoch_batches(lengths, batch, cfg.seed, 0)
-    return int(sum(np.dot(terms(len(i), int(lengths[i].max()), int(rec.src_len[i].max())), coef) for i in batches))
+    def row(i):
+        B, T, S = len(i), int(lengths[i].max()), int(rec.src_len[i].max())
+        x = terms(B, T, S)
+        if packed:
+            x[1] = int(lengths[i].sum())
+        return x
+    return int(sum(np.dot(row(i), coef) for i in batches))
 
 
 def main(argv=None):
@@ -167,7 +175,8 @@ def main(argv=None):
             for w in {*widths, "full"}:
                 for c in mine:
                     with _width(w), _causal(against if c != "this" else None):
-                        counted[b, w, c] = epoch_flops(t, s, rec_train, b)
+                        counted[b, w, c] = epoch_flops(t, s, rec_train, b,
+                                                       packed=c == "this" and replace.PACK_CAUSAL and _is_causal(s))
         for prec, batch, width, impl, heap in settings:
             if impl not in mine:
                 continue

@@ -128,11 +128,11 @@ def plot(points: pd.DataFrame, curves: pd.DataFrame, teacher_bleu: float, axes=N
 # ----------------------------------------------------------------------------- batch size
 
 # A larger batch takes a quarter of the optimiser steps per epoch, and an encoder student's
-# epoch gets shorter (fewer Adam updates over its weights). A causal student's epoch gets longer:
-# its work is memory-bound elementwise passes over (batch, tokens, hidden) that grow with the
-# batch and with the longest sentence each batch is padded to (benchmarks/bench_distill.py
-# --batch 128 512 measures both). Each setting is (sentences per batch, factor on both learning
-# rates).
+# epoch gets shorter (fewer Adam updates over its weights). A causal student's work is
+# memory-bound elementwise passes over (tokens, hidden); on the CPU it packs each batch to its
+# real tokens (replace.PACK_CAUSAL), so it too gets shorter, where the dense pass, padding every
+# sentence to the batch's longest, got longer (benchmarks/bench_distill.py --batch 128 512
+# measures both). Each setting is (sentences per batch, factor on both learning rates).
 BATCHES = ((512, 1.0), (512, 2.0))
 BATCH_CELLS = (("encoder", "ALR", "L"), ("encoder", "ALRR", "L"), ("encoder", "ELR", "M"), ("decoder", "ALR", "L"))
 

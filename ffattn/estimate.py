@@ -78,15 +78,18 @@ def distill_step_flops(module: nn.Module, B: int, T: int, backward: bool = True,
     weight against the input LayerNorm's gain and bias. The backward pass is twice the forward's
     matrix products (the gradients of both operands: even the input's, since the input LayerNorm
     has weights), except the weight gradients of those two matrix-vector products (outer
-    products, not counted), plus, for the causal ones, 8 B T h: four reductions over the hidden
-    units that `replace._PrefixFC1`'s backward runs as matrix products.
+    products, not counted), plus, for the causal ones, 6 B T h: three reductions over the hidden
+    units that `replace._PrefixFC1`'s backward runs as matrix products (a fourth, row by row, is
+    a dot product, which the counter leaves out). On the CPU the causal
+    ones pack the batch (`replace.PACK_CAUSAL`): there B T is the batch's real tokens, so this
+    count, for B sentences of T tokens each, is an upper bound for a batch with padding.
     """
     k = 3 if backward else 1
     if isinstance(module, (CausalFFSelfAttention, CausalFFCrossAttention)):
         ff, d = module.ff, module.d_model
         h, D = ff.fc1.out_features, ff.fc1.in_features
         memory = 2 * (S if S is not None else T) * d * h * isinstance(module, CausalFFCrossAttention)
-        reductions = 8 * B * T * h if backward else 0
+        reductions = 6 * B * T * h if backward else 0
         return k * B * (4 * T * d * h + memory) + (2 if backward else 1) * 4 * h * D + reductions
     if isinstance(module, FFSeparateHeads):
         f = module.heads

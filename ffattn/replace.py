@@ -477,7 +477,7 @@ class _PrefixFC1(torch.autograd.Function):
         h, lo = A.shape[0], ctx.lo
         G = G.to(pre.dtype).contiguous()
         bias, Ag = bias.to(G.dtype), Ag.to(G.dtype)  # A g is bf16 under autocast; the sums are not
-        dot = (G.view(T * B, 1, h) @ pre.view(T * B, h, 1)).view(T, B)  # sum over h of G * pre
+        dot = torch.linalg.vecdot(G, pre)  # sum over h of G * pre, (T, B)
         g_rstd = (dot - G @ bias) / rstd
         R = G * rstd[..., None]  # the gradient of P + proj0 - mean * A g
         g_mean = -(R @ Ag)
@@ -496,6 +496,157 @@ class _PrefixFC1(torch.autograd.Function):
         if ctx.given:
             return g_xg, g_mg, g_A, None, None, None, None, None, g_mean, g_rstd, None
         return g_xg, g_mg, g_A, g_Ag @ A, g_bias @ A, g_bias, None, None, g_mean, g_rstd, None
+
+
+# On the CPU a causal student's step is bound by its (T, B, hidden) passes through memory, and
+# in a batch of random sentences most of that tensor is padding: at `tiny` a target batch of
+# 128 averages about 15 real tokens a sentence against 33 for its longest. With every
+# sentence's padding at its end, the packed pass below sorts the batch by length and keeps,
+# position by position, only the sentences still running: the same function on the real
+# tokens' rows only (`benchmarks/bench_distill.py --against`, benchmarks/README.md).
+PACK_CAUSAL = True  # False: the dense (T, B, hidden) pass for every batch (the reference)
+
+
+def _suffix_lengths(x_pad, T: int):
+    """Each sentence's length when all of its padding comes after its tokens, else None."""
+    n = T - x_pad.sum(1)
+    return n if torch.equal(x_pad, torch.arange(T, device=x_pad.device) >= n[:, None]) else None
+
+
+def _packs(x, state) -> bool:
+    return (PACK_CAUSAL and state is None and x.device.type == "cpu"
+            and not torch.compiler.is_compiling() and not torch.is_autocast_enabled(x.device.type))
+
+
+def _chunks(counts):
+    """(start, rows) of each position's chunk in a packed (N, ...) tensor."""
+    at, out = 0, []
+    for n in counts:
+        out.append((at, n))
+        at += n
+    return out
+
+
+class _PackedPrefixFC1(torch.autograd.Function):
+    """`_PrefixFC1` on packed rows: position t's chunk holds the `counts[t]` longest sentences
+    (the batch sorted by length, longest first), so a sentence's rows at t-1 and t sit at the
+    same place in their chunks and the prefix sum adds chunk t-1's first rows to chunk t.
+    xg: (N, d); mg: the sorted memory times its gains (B, S, d) or None; mean, rstd: (N,).
+    Returns pre (N, h)."""
+
+    @staticmethod
+    def forward(ctx, xg, mg, A, g, b, c1, lo: int, mean, rstd, counts):
+        d, h = xg.shape[1], A.shape[0]
+        chunks = _chunks(counts)
+        bias, Ag = A @ b + c1, A @ g
+        P = xg.new_empty(xg.shape[0], h)
+        for t, (at, n) in enumerate(chunks):
+            torch.mm(xg[at:at + n], A[:, (lo + t) * d:(lo + t + 1) * d].t(), out=P[at:at + n])
+        if mg is not None:  # the memory's projection: one constant per sentence, from position 0 on
+            n0 = counts[0]
+            P[:n0] += mg[:n0].flatten(1) @ A[:, :mg.shape[1] * d].t()
+        for (prev, _), (at, n) in zip(chunks, chunks[1:]):
+            P[at:at + n] += P[prev:prev + n]
+        P.addcmul_(mean[:, None], Ag, value=-1.0).mul_(rstd[:, None]).add_(bias)
+        ctx.save_for_backward(xg, mg, A, g, b, mean, rstd, Ag, bias, P)
+        ctx.lo, ctx.counts = lo, counts
+        return P
+
+    @staticmethod
+    def backward(ctx, G):
+        xg, mg, A, g, b, mean, rstd, Ag, bias, pre = ctx.saved_tensors
+        lo, counts = ctx.lo, ctx.counts
+        chunks = _chunks(counts)
+        N, d = xg.shape
+        h = A.shape[0]
+        G = G.contiguous()
+        dot = torch.linalg.vecdot(G, pre)  # sum over h of G * pre
+        g_rstd = (dot - G @ bias) / rstd
+        R = G * rstd[:, None]  # the gradient of P - mean * A g
+        g_mean = -(R @ Ag)
+        g_Ag = -(mean @ R)
+        g_bias = G.sum(0)
+        for (at, n), (nxt, m) in reversed(list(zip(chunks, chunks[1:]))):  # the suffix sum
+            R[at:at + m] += R[nxt:nxt + m]
+        g_xg = torch.empty_like(xg)
+        g_A = torch.outer(g_Ag, g).addr_(g_bias, b)  # A g and A b reach every column
+        for t, (at, n) in enumerate(chunks):
+            cols = slice((lo + t) * d, (lo + t + 1) * d)
+            torch.mm(R[at:at + n], A[:, cols], out=g_xg[at:at + n])
+            torch.addmm(g_A[:, cols], R[at:at + n].t(), xg[at:at + n], out=g_A[:, cols])  # (not addmm_,
+            # which FlopCounterMode leaves uncounted)
+        g_mg = None
+        if mg is not None:
+            n0, S = counts[0], mg.shape[1]
+            g_mg = mg.new_zeros(mg.shape)
+            g_mg[:n0] = (R[:n0] @ A[:, :S * d]).view(n0, S, d)
+            torch.addmm(g_A[:, :S * d], R[:n0].t(), mg[:n0].flatten(1), out=g_A[:, :S * d])
+        return g_xg, g_mg, g_A, g_Ag @ A, g_bias @ A, g_bias, None, g_mean, g_rstd, None
+
+
+class _PackedBlockLinear(torch.autograd.Function):
+    """fc2 of the causal pass on packed rows: chunk t meets only the d rows of the weight that
+    produce block `start + t`. a: (N, h); returns (N, d)."""
+
+    @staticmethod
+    def forward(ctx, a, weight, bias, d: int, start: int, counts):
+        ctx.save_for_backward(a, weight)
+        ctx.d, ctx.start, ctx.counts = d, start, counts
+        out = a.new_empty(a.shape[0], d)
+        for t, (at, n) in enumerate(_chunks(counts)):
+            rows = slice((start + t) * d, (start + t + 1) * d)
+            torch.addmm(bias[rows], a[at:at + n], weight[rows].t(), out=out[at:at + n])
+        return out
+
+    @staticmethod
+    def backward(ctx, G):
+        a, weight = ctx.saved_tensors
+        d, start = ctx.d, ctx.start
+        G = G.contiguous()
+        g_a, g_w = torch.empty_like(a), torch.empty_like(weight)
+        g_b = weight.new_zeros(weight.shape[0])
+        g_w[:start * d].zero_()
+        g_w[(start + len(ctx.counts)) * d:].zero_()  # the blocks of positions beyond the batch's longest
+        for t, (at, n) in enumerate(_chunks(ctx.counts)):
+            rows = slice((start + t) * d, (start + t + 1) * d)
+            torch.mm(G[at:at + n], weight[rows], out=g_a[at:at + n])
+            torch.mm(G[at:at + n].t(), a[at:at + n], out=g_w[rows])
+            g_b[rows] = G[at:at + n].sum(0)
+        return g_a, g_w, g_b, None, None, None
+
+
+def _packed_causal_pass(ff: ShallowFF, x, x_pad, lengths, max_len: int, memory=None, memory_pad=None):
+    """`_causal_pass` without a decoding state, on the real tokens' rows only (`PACK_CAUSAL`)."""
+    B, T, d = x.shape
+    D = ff.fc1.in_features
+    A, g, b = ff.fc1.weight, ff.ln_in.weight, ff.ln_in.bias
+    gb = g.view(D // d, d)
+    lead = D // d - max_len
+    order = torch.argsort(lengths, descending=True, stable=True)
+    lens = lengths[order].tolist()
+    T = lens[0] if lens else 0
+    if T == 0:
+        return x.new_zeros(x.shape)
+    counts = [sum(1 for n in lens if n > t) for t in range(T)]
+    keep = torch.arange(T, device=x.device)[:, None] < lengths[order][None, :]  # (T, B): time-major, the packed order
+
+    mg = None
+    s1_0 = s2_0 = 0.0
+    if memory is not None:
+        _check_len(memory.shape[1], max_len, "source sentence")
+        m = _zero(memory, memory_pad)[order]
+        mg = m * gb[:memory.shape[1]]
+        s1_0, s2_0 = m.sum((1, 2)), m.square().sum((1, 2))
+    xs = _zero(x, x_pad)[:, :T][order].transpose(0, 1)  # (T, B, d), longest sentence first
+    s1, s2 = xs.sum(-1).cumsum(0) + s1_0, xs.square().sum(-1).cumsum(0) + s2_0
+    mean = s1 / D
+    rstd = torch.rsqrt((s2 / D - mean.square()).clamp_min(0) + ff.ln_in.eps)
+    xg = xs * gb[lead:lead + T, None]
+    pre = _PackedPrefixFC1.apply(xg[keep], mg, A, g, b, ff.fc1.bias, lead, mean[keep], rstd[keep], counts)
+    a = ff.ln_hidden(ff.act(pre))
+    out = _PackedBlockLinear.apply(a, ff.fc2.weight, ff.fc2.bias, d, 0, counts)  # (N, d)
+    dense = x.new_zeros(T, B, d).index_put((keep,), out).transpose(0, 1)  # (B, T, d), sorted
+    return F.pad(dense[torch.argsort(order)], (0, 0, 0, x.shape[1] - T))  # the batch's order
 
 
 def _causal_pass(ff: ShallowFF, x, x_pad, max_len: int, state=None, memory=None,
@@ -529,6 +680,10 @@ def _causal_pass(ff: ShallowFF, x, x_pad, max_len: int, state=None, memory=None,
     lead = D // d - max_len  # slots in front of the decoder stream (the memory, if any)
     start = 0 if state is None else state.get("pos", 0)
     _check_len(start + T, max_len, "decoder prefix")
+    if _packs(x, state):
+        lengths = x.new_full((B,), T, dtype=torch.long) if x_pad is None else _suffix_lengths(x_pad, T)
+        if lengths is not None:
+            return _packed_causal_pass(ff, x, x_pad, lengths, max_len, memory, memory_pad)
 
     mg, carry = None, None
     if state is not None and "proj" in state:

@@ -178,6 +178,66 @@ def test_one_pass_gradients_equal_reference(cls, T):
         torch.testing.assert_close(fast, slow, rtol=0, atol=1e-8)
 
 
+def _step_grads(mod, x, x_pad, mem, mem_pad, target):
+    """Outputs and every gradient (parameters, x, memory) of one squared-error step."""
+    mod.zero_grad()
+    x.grad = None
+    if mem is not None:
+        mem.grad = None
+    out = mod.forward_heads(x, x_pad, mem, mem_pad)
+    ((out - target) ** 2).sum().backward()
+    return [out.detach()] + [p.grad.clone() for p in mod.ff.parameters()] + [x.grad.clone()] \
+        + ([mem.grad.clone()] if mem is not None else [])
+
+
+@pytest.mark.parametrize("cls", [CausalFFSelfAttention, CausalFFCrossAttention])
+@pytest.mark.parametrize("T", [L, 4])
+def test_packed_pass_equals_dense_pass(cls, T, monkeypatch):
+    """`replace.PACK_CAUSAL`: sentences of every length (0 and T included), padded at their
+    ends, give the dense pass's outputs and gradients; the packed pass is the one that ran."""
+    import ffattn.replace as replace
+    torch.manual_seed(0)
+    mod = randomize(cls(D, L, 12).double())
+    B = 6
+    g = torch.Generator().manual_seed(3)
+    x = (torch.randn(B, T, D, generator=g, dtype=torch.float64) * 2 + 0.7).requires_grad_()
+    lengths = torch.tensor([T - 1, T, 1, 0, T, 2])[:B].clamp(max=T)
+    x_pad = torch.arange(T) >= lengths[:, None]
+    cross = cls is CausalFFCrossAttention
+    mem = torch.randn(B, 4, D, generator=g, dtype=torch.float64).requires_grad_() if cross else None
+    mem_pad = (torch.arange(4) >= torch.tensor([4, 2, 3, 1, 4, 4])[:, None]) if cross else None
+    target = torch.randn(B, T, D, generator=g, dtype=torch.float64)
+    calls = []
+    packed_pass = replace._packed_causal_pass
+    monkeypatch.setattr(replace, "_packed_causal_pass", lambda *a, **k: calls.append(1) or packed_pass(*a, **k))
+    packed = _step_grads(mod, x, x_pad, mem, mem_pad, target)
+    assert calls
+    monkeypatch.setattr(replace, "PACK_CAUSAL", False)
+    dense = _step_grads(mod, x, x_pad, mem, mem_pad, target)
+    assert len(calls) == 1
+    for a, b in zip(packed, dense):
+        assert b.abs().max() > 0
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-10)
+    assert packed[0][3].abs().max() == 0 and packed[0][2, 1:].abs().max() == 0  # padding stays zero
+
+
+def test_packed_pass_needs_padding_at_the_end(monkeypatch):
+    """A sentence with a gap in its padding mask runs the dense pass, which handles any mask."""
+    import ffattn.replace as replace
+    torch.manual_seed(0)
+    mod = randomize(CausalFFSelfAttention(D, L, 12).double())
+    x, x_pad, _, _ = batch(T=5, dtype=torch.float64)
+    x_pad[0, 1] = True  # padding before a real token
+    calls = []
+    monkeypatch.setattr(replace, "_packed_causal_pass", lambda *a, **k: calls.append(1))
+    out = mod.forward_heads(x, x_pad)
+    assert not calls
+    torch.testing.assert_close(out, per_position_reference(mod.ff, x, x_pad), rtol=0, atol=1e-10)
+    x_pad[0, 1] = False
+    mod.forward_heads(x, x_pad)
+    assert calls
+
+
 @pytest.mark.parametrize("cls", [CausalFFSelfAttention, CausalFFCrossAttention, FFCrossAttention])
 def test_incremental_equals_one_pass(cls):
     torch.manual_seed(0)
